@@ -1,0 +1,279 @@
+"""Model assembly: the residual block (SSL) and ``DeepSSM``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._base import check_input
+from ._certificate import (
+    CertificateFactor,
+    CertificateKind,
+    ModelCertificate,
+    safety_margin,
+    spectral_norm_upper,
+)
+from ._config import SSMConfig
+from ._protocols import CoreSpec, DynamicCore, LayerSpec, PluginKind, ScanBackend, StaticLayer
+from ._registry import get_registry
+
+__all__ = ["SSL", "DeepSSM", "build_core", "build_layer"]
+
+
+def build_core(config: SSMConfig, spec: CoreSpec) -> DynamicCore:
+    """Build the dynamic core named by ``config.param`` with its validated options."""
+    entry = get_registry().get(PluginKind.CORE, config.param)
+    return entry.factory(spec, config.core_plugin_options())
+
+
+def build_layer(config: SSMConfig, spec: LayerSpec) -> StaticLayer:
+    """Build the static layer named by ``config.ff`` with its validated options."""
+    entry = get_registry().get(PluginKind.LAYER, config.ff)
+    return entry.factory(spec, config.layer_plugin_options())
+
+
+class SSL(nn.Module):
+    """Residual block ``x + dropout(layer(core(x)))``.
+
+    Its certified bound is $1 + \\gamma_{core} L_{layer}$ and its kind is the
+    weaker of the two parts' kinds (the identity path is incremental).
+
+    Args:
+        core: A dynamic core mapping ``d_model`` channels to ``d_model`` channels.
+        layer: A static layer on ``d_model`` channels.
+        dropout: Dropout probability after the layer (identity in eval mode).
+    """
+
+    def __init__(self, core: DynamicCore, layer: StaticLayer, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.core = core
+        self.layer = layer
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None = None, mode: str | ScanBackend = "scan"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the block to ``x`` of shape ``(batch, time, d_model)``.
+
+        Returns:
+            ``(output, states)`` with the core's states ``(batch, time + 1, d_state)``.
+        """
+        core_out, states = self.core(x, state=state, mode=mode)
+        return x + self.dropout(self.layer(core_out)), states
+
+    @property
+    def certificate_kind(self) -> CertificateKind:
+        """Kind of the block's certificate."""
+        return CertificateKind.weakest([self.core.certificate_kind, self.layer.certificate_kind])
+
+    def bound(self) -> torch.Tensor | None:
+        """Return $1 + \\gamma_{core} L_{layer}$ as a differentiable float64 tensor, or ``None``."""
+        if self.certificate_kind is CertificateKind.NONE:
+            return None
+        core_bound = self.core.bound()
+        layer_bound = self.layer.bound()
+        if core_bound is None or layer_bound is None:
+            return None
+        return 1.0 + core_bound * layer_bound
+
+
+class DeepSSM(nn.Module):
+    """Deep state-space model: linear encoder, ``n_layers`` residual blocks, linear decoder.
+
+    With ``gamma`` set, the decoder is scaled by
+    $s = \\gamma / (\\sigma(E)\\,\\sigma(D) \\prod_i b_i)$ at every call, where
+    $b_i = 1 + \\gamma_i L_i$ are the block bounds, so the model's L2 gain (or
+    Lipschitz constant, for incremental certificates) is at most ``gamma``
+    whatever the trained parameters. A certificate is a statement about eval
+    mode, where dropout is the identity, and about the normalised signals the
+    model sees.
+
+    Args:
+        d_input: Input channels.
+        d_output: Output channels.
+        config: The configuration; keyword ``fields`` override its values.
+        **fields: :class:`~nssm_core.SSMConfig` fields, used alone or on top of ``config``.
+
+    Example:
+        >>> import torch
+        >>> from nssm_core import DeepSSM
+        >>> model = DeepSSM(1, 1, d_model=8, d_state=8, n_layers=2, param="l2n", ff="LGLU", gamma=2.0)
+        >>> y, states = model(torch.randn(4, 50, 1), mode="scan")
+        >>> tuple(y.shape), len(states)
+        ((4, 50, 1), 2)
+    """
+
+    def __init__(self, d_input: int, d_output: int, config: SSMConfig | None = None, **fields: Any) -> None:
+        super().__init__()
+        for name, value in (("d_input", d_input), ("d_output", d_output)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if config is None:
+            config = SSMConfig(**fields)
+        elif not isinstance(config, SSMConfig):
+            raise TypeError(f"config must be an SSMConfig, got {type(config).__name__}")
+        elif fields:
+            config = SSMConfig.model_validate({**config.model_dump(), **fields})
+        self.config = config
+        self.d_input = d_input
+        self.d_output = d_output
+
+        d_model = config.d_model
+        self.encoder = nn.Linear(d_input, d_model, bias=False)
+        core_spec = CoreSpec(
+            d_input=d_model,
+            d_output=d_model,
+            d_state=config.d_state,
+            n_layers=config.n_layers,
+            model_gamma=config.gamma,
+        )
+        layer_spec = LayerSpec(
+            d_model=d_model, d_hidden=config.d_hidden, nl_layers=config.nl_layers, dropout=config.dropout
+        )
+        self.blocks = nn.ModuleList(
+            SSL(build_core(config, core_spec), build_layer(config, layer_spec), config.dropout)
+            for _ in range(config.n_layers)
+        )
+        self.decoder = nn.Linear(d_model, d_output, bias=False)
+        self._carried_states: list[torch.Tensor] | None = None
+
+    @property
+    def gamma(self) -> float | None:
+        """The prescribed gain, or ``None``."""
+        return self.config.gamma
+
+    @property
+    def certificate_kind(self) -> CertificateKind:
+        """Kind of the model's certificate."""
+        return CertificateKind.weakest(block.certificate_kind for block in self.blocks)
+
+    def _natural_bound(self) -> torch.Tensor | None:
+        """Return $\\sigma(E) \\sigma(D) \\prod_i b_i$ in float64 with gradients, or ``None``."""
+        if self.certificate_kind is CertificateKind.NONE:
+            return None
+        total = spectral_norm_upper(self.encoder.weight) * spectral_norm_upper(self.decoder.weight)
+        for block in self.blocks:
+            block_bound = block.bound()
+            if block_bound is None:
+                return None
+            total = total * block_bound
+        return total
+
+    def decoder_scale(self) -> torch.Tensor | None:
+        """Return the factor applied to the decoder so the bound equals ``gamma``, or ``None`` without gamma.
+
+        The factor is computed in float64, shrunk by a round-off margin for the
+        parameters' dtype and rounded towards zero when cast, so the realised
+        model stays within ``gamma``.
+        """
+        if self.gamma is None:
+            return None
+        natural = self._natural_bound()
+        if natural is None:
+            raise RuntimeError("gamma is set but a part of the model has no bound; the config check should prevent this")
+        dtype = self.decoder.weight.dtype
+        scale = self.gamma / natural.clamp_min(1e-300) * (1.0 - safety_margin(dtype))
+        rounded = scale.to(dtype)
+        # Round towards zero: a float32 cast can land one unit above the float64 value.
+        too_big = rounded.detach().double() > scale.detach()
+        if bool(too_big):
+            rounded = rounded - (rounded.detach() - torch.nextafter(rounded.detach(), torch.zeros_like(rounded)))
+        return rounded
+
+    def reset(self) -> None:
+        """Forget the states carried from the previous call (used with ``reset_state=False``)."""
+        self._carried_states = None
+
+    def forward(
+        self,
+        u: torch.Tensor,
+        state: Sequence[torch.Tensor | None] | None = None,
+        mode: str | ScanBackend = "scan",
+        reset_state: bool = True,
+        detach_state: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the model over an input sequence.
+
+        Args:
+            u: Input ``(batch, time, d_input)``; ``(time, d_input)`` and
+                ``(d_input,)`` are promoted to 3-D.
+            state: One initial state per block, each ``(batch, d_state)``, for
+                example the ``states`` of a previous call; zero states when ``None``.
+            mode: Name of a registered scan backend (``"scan"``, ``"loop"``, ...).
+            reset_state: With ``state=None``, ``True`` starts from zero states and
+                ``False`` continues from the final states of the previous call.
+            detach_state: Detach the returned (and carried) states from the graph.
+
+        Returns:
+            ``(y, states)``: output ``(batch, time, d_output)`` and a list with
+            each block's final state ``(batch, d_state)``.
+
+        Raises:
+            TypeError: If ``u`` or a state is not a tensor or ``mode`` is not a name.
+            ValueError: If a shape is wrong, the input is not finite, or ``mode``
+                names no registered backend.
+        """
+        u = check_input(u, self.d_input)
+        if not isinstance(mode, (str, ScanBackend)):
+            raise TypeError(f"mode must be a backend name such as 'scan' or 'loop', got {mode!r}")
+        if state is None and not reset_state and self._carried_states is not None:
+            if self._carried_states[0].shape[0] == u.shape[0]:
+                state = self._carried_states
+        if state is None:
+            state = [None] * len(self.blocks)
+        elif isinstance(state, torch.Tensor) or len(state) != len(self.blocks):
+            got = "a single tensor" if isinstance(state, torch.Tensor) else f"{len(state)} states"
+            raise ValueError(f"state must be a list of {len(self.blocks)} tensors (one per block), got {got}")
+
+        x = self.encoder(u)
+        final_states = []
+        for block, block_state in zip(self.blocks, state):
+            x, states = block(x, state=block_state, mode=mode)
+            last = states[:, -1]
+            final_states.append(last.detach() if detach_state else last)
+
+        scale = self.decoder_scale()
+        weight = self.decoder.weight if scale is None else self.decoder.weight * scale
+        y = torch.nn.functional.linear(x, weight)
+        self._carried_states = [s.detach() for s in final_states] if detach_state else final_states
+        return y, final_states
+
+    @torch.no_grad()
+    def certificate(self) -> ModelCertificate:
+        """Return the model's certificate report: bound, kind and the factors it is made of."""
+        factors = [self._factor("encoder", spectral_norm_upper(self.encoder.weight), CertificateKind.INCREMENTAL)]
+        notes: list[str] = []
+        for index, block in enumerate(self.blocks):
+            core_cert = block.core.certificate()
+            layer_cert = block.layer.certificate()
+            factors.append(CertificateFactor(f"block {index} core", core_cert.bound, core_cert.kind.value))
+            factors.append(CertificateFactor(f"block {index} layer", layer_cert.bound, layer_cert.kind.value))
+            for part, cert in (("core", core_cert), ("layer", layer_cert)):
+                if not cert.certified:
+                    name = self.config.param if part == "core" else self.config.ff
+                    notes.append(f"block {index} {part} {name!r} has no certified bound")
+        factors.append(self._factor("decoder", spectral_norm_upper(self.decoder.weight), CertificateKind.INCREMENTAL))
+        scale = self.decoder_scale()
+        if scale is not None:
+            factors.append(self._factor("decoder scale", scale.double().abs(), CertificateKind.INCREMENTAL))
+
+        kind = self.certificate_kind
+        natural = self._natural_bound()
+        bound: float | None = None
+        if kind is not CertificateKind.NONE and natural is not None:
+            total = natural * (1.0 if scale is None else scale.double().abs())
+            bound = float(total)
+            if not math.isfinite(bound):
+                notes.append("the bound is not finite: a parameter is NaN or inf")
+                kind, bound = CertificateKind.NONE, None
+        return ModelCertificate(
+            prescribed_gamma=self.gamma, bound=bound, kind=kind.value, factors=factors, notes=notes
+        )
+
+    @staticmethod
+    def _factor(name: str, value: torch.Tensor, kind: CertificateKind) -> CertificateFactor:
+        return CertificateFactor(name, float(value), kind.value)

@@ -1,0 +1,396 @@
+"""The plugin registry: entries, loading through entry points, and lookups."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.metadata
+import logging
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+from . import hookspecs
+from ._certificate import CertificateKind
+from ._protocols import PluginKind, RecurrenceStructure
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "NoOptions",
+    "PluginEntry",
+    "PluginError",
+    "PluginFailure",
+    "PluginLoadWarning",
+    "Registry",
+    "get_registry",
+    "load_plugins",
+    "reset_registry",
+]
+
+logger = logging.getLogger("nssm")
+
+ENTRY_POINT_GROUP = "nssm.plugins"
+"""Entry-point group under which distributions list their nssm plugin modules."""
+
+DISABLE_ENV_VAR = "NSSM_DISABLE_PLUGINS"
+
+_HOOK_KINDS = {
+    "nssm_register_cores": PluginKind.CORE,
+    "nssm_register_layers": PluginKind.LAYER,
+    "nssm_register_backends": PluginKind.BACKEND,
+}
+_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+
+
+class PluginError(ValueError):
+    """A plugin entry is invalid, missing, duplicated or failed to load."""
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin failed to load; the other plugins still work."""
+
+
+class NoOptions(BaseModel):
+    """Options model of a plugin that takes no options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """One registered core, layer or backend.
+
+    Attributes:
+        name: Registry name, unique within its kind (``"l2n"``, ``"LGLU"``, ``"scan"``).
+        kind: Which plugin kind this entry is.
+        factory: Callable that builds the object; see :mod:`nssm_core.hookspecs`
+            for the call signature of each kind.
+        options: Pydantic model of the entry's own options. Flat
+            :class:`~nssm_core.SSMConfig` fields whose names match its fields
+            are passed to it.
+        certificate: The certificate kind the built object declares.
+        structure: For cores, the recurrence structure the core needs.
+        description: One line for listings.
+        distribution: The distribution that registered the entry; filled in by the registry.
+    """
+
+    name: str
+    kind: PluginKind
+    factory: Callable[..., Any]
+    options: type[BaseModel] = NoOptions
+    certificate: CertificateKind = CertificateKind.NONE
+    structure: RecurrenceStructure | None = None
+    description: str = ""
+    distribution: str = "unknown"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", PluginKind(self.kind))
+        object.__setattr__(self, "certificate", CertificateKind(self.certificate))
+        if self.structure is not None:
+            object.__setattr__(self, "structure", RecurrenceStructure(self.structure))
+
+    def validate(self) -> None:
+        """Check the entry's fields and raise :class:`PluginError` naming the problem."""
+        where = f"{self.kind.value} {self.name!r} from distribution {self.distribution!r}"
+        if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
+            raise PluginError(
+                f"invalid plugin name {self.name!r} in {where}: use letters, digits, '_', '-' or '.', "
+                "starting with a letter"
+            )
+        if not callable(self.factory):
+            raise PluginError(f"{where} has a factory that is not callable: {self.factory!r}")
+        if not (isinstance(self.options, type) and issubclass(self.options, BaseModel)):
+            raise PluginError(f"{where} has options {self.options!r}; expected a pydantic BaseModel subclass")
+        if self.kind is PluginKind.CORE and self.structure is None:
+            raise PluginError(f"{where} must declare its recurrence structure ('diagonal' or 'dense')")
+
+    def describe(self) -> dict[str, Any]:
+        """Return the entry as JSON-compatible data for listings."""
+        options = {}
+        for field_name, info in self.options.model_fields.items():
+            default = None if info.is_required() else info.get_default(call_default_factory=True)
+            options[field_name] = {
+                "type": getattr(info.annotation, "__name__", str(info.annotation)),
+                "default": default,
+                "required": info.is_required(),
+                "description": info.description or "",
+            }
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "distribution": self.distribution,
+            "certificate": self.certificate.value,
+            "structure": None if self.structure is None else self.structure.value,
+            "description": self.description,
+            "options": options,
+        }
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded.
+
+    Attributes:
+        plugin: The entry-point or plugin name.
+        distribution: The distribution that declares it.
+        reason: What went wrong, as text.
+    """
+
+    plugin: str
+    distribution: str
+    reason: str
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or an empty string."""
+    choices = list(choices)
+    matches = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    if not matches:
+        lowered = {choice.lower(): choice for choice in choices}
+        if name.lower() in lowered:
+            matches = [lowered[name.lower()]]
+    return f" Did you mean {matches[0]!r}?" if matches else ""
+
+
+class Registry:
+    """Registered cores, layers and backends, one namespace per kind.
+
+    A registry starts empty. :func:`load_plugins` fills one from the
+    installed distributions; tests may build their own and call
+    :meth:`register` directly.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[PluginKind, dict[str, PluginEntry]] = {kind: {} for kind in PluginKind}
+        self._backends: dict[str, Any] = {}
+        self.failures: list[PluginFailure] = []
+
+    def register(self, entry: PluginEntry) -> None:
+        """Add ``entry``.
+
+        Raises:
+            PluginError: If the entry is invalid or its name is taken in its kind.
+        """
+        entry.validate()
+        existing = self._entries[entry.kind].get(entry.name)
+        if existing is not None:
+            raise PluginError(
+                f"{entry.kind.value} name {entry.name!r} is registered twice: by distribution "
+                f"{existing.distribution!r} and by distribution {entry.distribution!r}. "
+                f"Uninstall one of them or disable one plugin with {DISABLE_ENV_VAR}."
+            )
+        self._entries[entry.kind][entry.name] = entry
+
+    def names(self, kind: PluginKind | str) -> list[str]:
+        """Return the registered names of ``kind``, sorted."""
+        return sorted(self._entries[PluginKind(kind)])
+
+    def entries(self, kind: PluginKind | str | None = None) -> list[PluginEntry]:
+        """Return the registered entries of ``kind`` (all kinds when ``None``), sorted by kind and name."""
+        kinds = list(PluginKind) if kind is None else [PluginKind(kind)]
+        return [self._entries[k][name] for k in kinds for name in sorted(self._entries[k])]
+
+    def __contains__(self, item: tuple[PluginKind | str, str]) -> bool:
+        kind, name = item
+        return name in self._entries[PluginKind(kind)]
+
+    def get(self, kind: PluginKind | str, name: str) -> PluginEntry:
+        """Look up one entry.
+
+        Raises:
+            PluginError: If no entry of ``kind`` is called ``name``. The
+                message lists the registered names, a close match and any
+                plugins that failed to load.
+        """
+        kind = PluginKind(kind)
+        entry = self._entries[kind].get(name)
+        if entry is not None:
+            return entry
+        valid = self.names(kind)
+        message = (
+            f"unknown {kind.value} {name!r}." + suggest(str(name), valid) + f" Registered {kind.value}s: "
+            f"{', '.join(valid) if valid else '(none)'}."
+        )
+        if self.failures:
+            failed = "; ".join(f"{f.plugin!r} from {f.distribution!r}: {f.reason}" for f in self.failures)
+            message += f" These plugins failed to load and may provide it: {failed}."
+        raise PluginError(message)
+
+    def create(self, kind: PluginKind | str, name: str, *args: Any, options: dict[str, Any] | None = None) -> Any:
+        """Validate ``options`` with the entry's options model and call its factory.
+
+        Args:
+            kind: Plugin kind.
+            name: Registry name.
+            *args: Positional arguments for the factory: a :class:`~nssm_core.CoreSpec`
+                for cores, a :class:`~nssm_core.LayerSpec` for layers, nothing for backends.
+            options: Raw options, validated by the entry's options model.
+        """
+        entry = self.get(kind, name)
+        parsed = validate_options(entry, options or {})
+        return entry.factory(*args, parsed)
+
+
+    def backend(self, name: str) -> Any:
+        """Return the shared instance of the scan backend ``name``, built with default options."""
+        instance = self._backends.get(name)
+        if instance is None:
+            instance = self.create(PluginKind.BACKEND, name)
+            self._backends[name] = instance
+        return instance
+
+
+def validate_options(entry: PluginEntry, options: dict[str, Any]) -> BaseModel:
+    """Validate ``options`` with ``entry``'s options model, naming the plugin on failure."""
+    from pydantic import ValidationError
+
+    unknown = [key for key in options if key not in entry.options.model_fields]
+    if unknown:
+        valid = sorted(entry.options.model_fields)
+        hints = "".join(suggest(key, valid) for key in unknown)
+        raise PluginError(
+            f"{entry.kind.value} {entry.name!r} got unknown options {unknown}.{hints} "
+            f"Valid options: {', '.join(valid) if valid else '(none)'}."
+        )
+    try:
+        return entry.options.model_validate(options)
+    except ValidationError as error:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc'])}={item.get('input')!r}: {item['msg']}" for item in error.errors()
+        )
+        raise PluginError(f"invalid options for {entry.kind.value} {entry.name!r}: {details}") from error
+
+
+def _distribution_of(entry_point: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(entry_point, "dist", None)
+    return dist.name if dist is not None else "unknown"
+
+
+def load_plugins(
+    registry: Registry | None = None,
+    *,
+    disabled: Iterable[str] | None = None,
+    plugins: Iterable[tuple[str, str, object]] | None = None,
+) -> Registry:
+    """Fill a registry from the ``nssm.plugins`` entry points of installed distributions.
+
+    A plugin whose import, hook or entries fail is skipped with a
+    :class:`PluginLoadWarning` naming its distribution and the reason, and is
+    recorded in :attr:`Registry.failures`; every other plugin still loads.
+
+    Args:
+        registry: Registry to fill; a new one when ``None``.
+        disabled: Entry-point names to skip. Defaults to the comma-separated
+            names in the ``NSSM_DISABLE_PLUGINS`` environment variable.
+        plugins: ``(name, distribution, module_or_object)`` triples to register
+            in place of the installed entry points, for tests.
+
+    Returns:
+        The filled registry.
+
+    Raises:
+        PluginError: If two plugins register the same name in one kind.
+    """
+    registry = Registry() if registry is None else registry
+    if disabled is None:
+        disabled = [name.strip() for name in os.environ.get(DISABLE_ENV_VAR, "").split(",") if name.strip()]
+    disabled = set(disabled)
+
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    distribution_of: dict[str, str] = {}
+
+    candidates: list[tuple[str, str, Callable[[], object]]] = []
+    if plugins is None:
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            candidates.append((entry_point.name, _distribution_of(entry_point), entry_point.load))
+    else:
+        for name, distribution, obj in plugins:
+            candidates.append((name, distribution, lambda obj=obj: obj))
+
+    for name, distribution, load in candidates:
+        if name in disabled:
+            logger.info("plugin %r from %r is disabled by %s", name, distribution, DISABLE_ENV_VAR)
+            continue
+        try:
+            module = load()
+            manager.register(module, name=name)
+        except Exception as error:  # a broken plugin must not take the others down
+            _record_failure(registry, name, distribution, f"import failed: {type(error).__name__}: {error}")
+            continue
+        distribution_of[name] = distribution
+
+    for hook_name, kind in _HOOK_KINDS.items():
+        caller = getattr(manager.hook, hook_name)
+        for implementation in caller.get_hookimpls():
+            plugin_name = implementation.plugin_name
+            distribution = distribution_of.get(plugin_name, "unknown")
+            try:
+                produced = implementation.function()
+                entries = _check_entries(produced, kind, hook_name)
+            except Exception as error:  # isolate the failing plugin, as above
+                _record_failure(
+                    registry, plugin_name, distribution, f"hook {hook_name} failed: {type(error).__name__}: {error}"
+                )
+                continue
+            for entry in entries:
+                entry = dataclasses.replace(entry, distribution=distribution)
+                try:
+                    entry.validate()
+                except PluginError as error:
+                    _record_failure(registry, plugin_name, distribution, f"invalid entry: {error}")
+                    continue
+                registry.register(entry)
+    return registry
+
+
+def _check_entries(produced: object, kind: PluginKind, hook_name: str) -> list[PluginEntry]:
+    if produced is None:
+        return []
+    if isinstance(produced, PluginEntry):
+        produced = [produced]
+    if not isinstance(produced, (list, tuple)):
+        raise PluginError(f"{hook_name} must return a list of PluginEntry, got {type(produced).__name__}")
+    entries = []
+    for item in produced:
+        if not isinstance(item, PluginEntry):
+            raise PluginError(f"{hook_name} returned {item!r}, which is not a PluginEntry")
+        if item.kind is not kind:
+            raise PluginError(
+                f"{hook_name} returned {item.name!r} of kind {item.kind.value!r}; it must return kind {kind.value!r}"
+            )
+        entries.append(item)
+    return entries
+
+
+def _record_failure(registry: Registry, plugin: str, distribution: str, reason: str) -> None:
+    failure = PluginFailure(plugin=plugin, distribution=distribution, reason=reason)
+    registry.failures.append(failure)
+    warnings.warn(
+        f"nssm plugin {plugin!r} from distribution {distribution!r} was skipped: {reason}",
+        PluginLoadWarning,
+        stacklevel=3,
+    )
+
+
+_default_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """Return the process-wide registry, loading the installed plugins on first use."""
+    global _default_registry
+    if _default_registry is None:
+        _default_registry = load_plugins()
+    return _default_registry
+
+
+def reset_registry(registry: Registry | None = None) -> None:
+    """Replace the process-wide registry (``None`` reloads it on next use)."""
+    global _default_registry
+    _default_registry = registry

@@ -1,0 +1,12 @@
+"""Built-in nssm plugins: dynamic cores, static layers and scan backends.
+
+They register through the ``nssm.plugins`` entry point (module
+:mod:`nssm_plugins.hooks`) exactly like a third-party plugin; importing this
+package registers nothing.
+"""
+
+from .backends import LoopBackend, ParallelScanBackend
+from .cores import L2N, LRU, L2NOptions, LRUOptions
+from .layers import GLU, LGLU, LGLUOptions
+
+__all__ = ["GLU", "L2N", "LGLU", "LRU", "L2NOptions", "LGLUOptions", "LRUOptions", "LoopBackend", "ParallelScanBackend"]
