@@ -1,0 +1,48 @@
+"""The ``nssm`` command line: ``nssm train`` and the other subcommands.
+
+Each subcommand lives in its own module with an ``add_parser(subparsers)``
+function that registers it and sets ``handler`` on its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import _train
+
+__all__ = ["build_parser", "main"]
+
+_SUBCOMMANDS = [_train]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``nssm`` command."""
+    parser = argparse.ArgumentParser(
+        prog="nssm",
+        description="Deep state-space models with a prescribed, certified L2 gain.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log INFO messages from nssm.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module in _SUBCOMMANDS:
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``nssm`` command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        print(f"nssm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

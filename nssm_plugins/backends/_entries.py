@@ -1,0 +1,26 @@
+"""Registry entries of the built-in scan backends."""
+
+from __future__ import annotations
+
+from nssm_core import PluginEntry, PluginKind
+
+from ._loop import LoopBackend
+from ._scan import ParallelScanBackend
+
+
+def backend_entries() -> list[PluginEntry]:
+    """Return the entries of the built-in scan backends."""
+    return [
+        PluginEntry(
+            name="loop",
+            kind=PluginKind.BACKEND,
+            factory=lambda options: LoopBackend(),
+            description="Sequential reference: one time step after the other.",
+        ),
+        PluginEntry(
+            name="scan",
+            kind=PluginKind.BACKEND,
+            factory=lambda options: ParallelScanBackend(),
+            description="Log-depth associative scan in pure PyTorch.",
+        ),
+    ]
