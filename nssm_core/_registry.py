@@ -272,6 +272,57 @@ def _distribution_of(entry_point: importlib.metadata.EntryPoint) -> str:
     return dist.name if dist is not None else "unknown"
 
 
+def _disabled_names() -> set[str]:
+    return {name.strip() for name in os.environ.get(DISABLE_ENV_VAR, "").split(",") if name.strip()}
+
+
+def _register_module(manager: pluggy.PluginManager, module: object, name: str) -> str | None:
+    """Register ``module`` with ``manager``; return why it is unusable, or ``None``.
+
+    pluggy rejects a hook implementation whose arguments the hook does not
+    take, but silently accepts a marked function whose name matches no hook
+    (a typo such as ``nssm_register_core``). Both are reported here, and so is
+    a module with no marked hook at all, which would otherwise register nothing
+    without a word.
+    """
+    try:
+        manager.register(module, name=name)
+    except Exception as error:  # pluggy raises PluginValidationError or ValueError
+        return f"invalid hook implementation: {type(error).__name__}: {error}"
+    callers = manager.get_hookcallers(module) or []
+    unknown = sorted(caller.name for caller in callers if caller.spec is None)
+    if unknown:
+        manager.unregister(module, name=name)
+        hints = "".join(suggest(hook, _HOOK_KINDS) for hook in unknown)
+        return (
+            f"it marks {', '.join(unknown)} with @hookimpl, which is not an nssm hook.{hints} "
+            f"The hooks are {', '.join(_HOOK_KINDS)}."
+        )
+    if not callers:
+        manager.unregister(module, name=name)
+        return (
+            f"it defines no nssm hook; decorate {' / '.join(_HOOK_KINDS)} with nssm_core.hookimpl "
+            "in the module that the entry point names"
+        )
+    return None
+
+
+def _collect_entries(manager: pluggy.PluginManager, module: object) -> tuple[list[PluginEntry], str | None]:
+    """Call every hook that ``module`` implements; return its entries, or the reason it failed."""
+    entries: list[PluginEntry] = []
+    for hook_name, kind in _HOOK_KINDS.items():
+        caller = getattr(manager.hook, hook_name)
+        for implementation in caller.get_hookimpls():
+            if implementation.plugin is not module:
+                continue
+            try:
+                produced = implementation.function()
+                entries.extend(_check_entries(produced, kind, hook_name))
+            except Exception as error:  # isolate the failing plugin: the others still load
+                return [], f"hook {hook_name} failed: {type(error).__name__}: {error}"
+    return entries, None
+
+
 def load_plugins(
     registry: Registry | None = None,
     *,
@@ -280,14 +331,18 @@ def load_plugins(
 ) -> Registry:
     """Fill a registry from the ``nssm.plugins`` entry points of installed distributions.
 
-    A plugin whose import, hook or entries fail is skipped with a
+    Each plugin loads as a whole or not at all. A plugin whose import fails,
+    whose hook raises or returns something other than
+    :class:`PluginEntry` objects, which marks a function that is not an nssm
+    hook, or which returns an invalid entry is skipped with a
     :class:`PluginLoadWarning` naming its distribution and the reason, and is
-    recorded in :attr:`Registry.failures`; every other plugin still loads.
+    recorded in :attr:`Registry.failures`; every other plugin still loads, and
+    :meth:`Registry.get` mentions the failures when a name is missing.
 
     Args:
         registry: Registry to fill; a new one when ``None``.
-        disabled: Entry-point names to skip. Defaults to the comma-separated
-            names in the ``NSSM_DISABLE_PLUGINS`` environment variable.
+        disabled: Entry-point or distribution names to skip. Defaults to the
+            comma-separated names in the ``NSSM_DISABLE_PLUGINS`` environment variable.
         plugins: ``(name, distribution, module_or_object)`` triples to register
             in place of the installed entry points, for tests.
 
@@ -295,16 +350,14 @@ def load_plugins(
         The filled registry.
 
     Raises:
-        PluginError: If two plugins register the same name in one kind.
+        PluginError: If two plugins register the same name in one kind. The
+            message names both distributions.
     """
     registry = Registry() if registry is None else registry
-    if disabled is None:
-        disabled = [name.strip() for name in os.environ.get(DISABLE_ENV_VAR, "").split(",") if name.strip()]
-    disabled = set(disabled)
+    disabled = _disabled_names() if disabled is None else set(disabled)
 
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
-    distribution_of: dict[str, str] = {}
 
     candidates: list[tuple[str, str, Callable[[], object]]] = []
     if plugins is None:
@@ -314,39 +367,46 @@ def load_plugins(
         for name, distribution, obj in plugins:
             candidates.append((name, distribution, lambda obj=obj: obj))
 
+    registered_by: dict[tuple[PluginKind, str], str] = {}
     for name, distribution, load in candidates:
-        if name in disabled:
+        if name in disabled or distribution in disabled:
             logger.info("plugin %r from %r is disabled by %s", name, distribution, DISABLE_ENV_VAR)
             continue
         try:
             module = load()
-            manager.register(module, name=name)
         except Exception as error:  # a broken plugin must not take the others down
             _record_failure(registry, name, distribution, f"import failed: {type(error).__name__}: {error}")
             continue
-        distribution_of[name] = distribution
+        problem = _register_module(manager, module, name)
+        if problem is not None:
+            _record_failure(registry, name, distribution, problem)
+            continue
 
-    for hook_name, kind in _HOOK_KINDS.items():
-        caller = getattr(manager.hook, hook_name)
-        for implementation in caller.get_hookimpls():
-            plugin_name = implementation.plugin_name
-            distribution = distribution_of.get(plugin_name, "unknown")
+        entries, problem = _collect_entries(manager, module)
+        entries = [dataclasses.replace(entry, distribution=distribution) for entry in entries]
+        for entry in entries if problem is None else []:
             try:
-                produced = implementation.function()
-                entries = _check_entries(produced, kind, hook_name)
-            except Exception as error:  # isolate the failing plugin, as above
-                _record_failure(
-                    registry, plugin_name, distribution, f"hook {hook_name} failed: {type(error).__name__}: {error}"
+                entry.validate()
+            except PluginError as error:
+                problem = f"invalid entry: {error}"
+                break
+        if problem is not None:
+            manager.unregister(module, name=name)
+            _record_failure(registry, name, distribution, problem)
+            continue
+
+        for entry in entries:
+            key = (entry.kind, entry.name)
+            if key in registered_by:
+                existing = registry.get(entry.kind, entry.name)
+                raise PluginError(
+                    f"{entry.kind.value} name {entry.name!r} is registered twice: by plugin {registered_by[key]!r} "
+                    f"of distribution {existing.distribution!r} and by plugin {name!r} of distribution "
+                    f"{distribution!r}. Uninstall one of them, or skip one by naming its plugin or "
+                    f"distribution in {DISABLE_ENV_VAR}."
                 )
-                continue
-            for entry in entries:
-                entry = dataclasses.replace(entry, distribution=distribution)
-                try:
-                    entry.validate()
-                except PluginError as error:
-                    _record_failure(registry, plugin_name, distribution, f"invalid entry: {error}")
-                    continue
-                registry.register(entry)
+            registry.register(entry)
+            registered_by[key] = name
     return registry
 
 
