@@ -11,11 +11,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import _plugins, _train
+from . import _certify, _plugins, _train
 
 __all__ = ["build_parser", "main"]
 
-_SUBCOMMANDS = [_train, _plugins]
+_SUBCOMMANDS = [_train, _plugins, _certify]
 
 
 def build_parser() -> argparse.ArgumentParser:
