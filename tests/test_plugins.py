@@ -406,3 +406,23 @@ def test_default_registry_warns_once_and_keeps_working(site_dir):
     assert get_registry() is registry
     y, _ = DeepSSM(1, 1, d_model=4, d_state=4, n_layers=1, param="l2n", ff="LGLU", gamma=1.5)(torch.randn(1, 3, 1))
     assert torch.isfinite(y).all()
+
+
+# The worked example package, loaded from its source folder
+
+
+def test_example_plugin_builds_certified_model(monkeypatch):
+    source = Path(__file__).resolve().parents[1] / "examples" / "nssm_example_plugin" / "src"
+    monkeypatch.syspath_prepend(str(source))
+    import nssm_example_plugin.plugin as example_hooks
+
+    registry, messages = load_quietly([BUILTINS, ("example", "nssm-example-plugin", example_hooks)])
+    assert messages == []
+    assert registry.get(PluginKind.CORE, "realdiag").distribution == "nssm-example-plugin"
+    assert registry.get(PluginKind.LAYER, "ScaledGroupSort").certificate is CertificateKind.INCREMENTAL
+
+    reset_registry(registry)
+    model = DeepSSM(1, 1, d_model=4, d_state=4, n_layers=2, param="realdiag", ff="ScaledGroupSort", gamma=1.2)
+    y, _ = model(torch.randn(2, 9, 1))
+    assert y.shape == (2, 9, 1)
+    assert model.certificate().bound <= 1.2
