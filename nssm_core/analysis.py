@@ -120,6 +120,13 @@ _AMPLITUDES = (0.01, 0.1, 1.0, 10.0, 100.0)
 _LOG_AMPLITUDE_RANGE = (-12.0, 12.0)
 """Clamp of the searched log RMS amplitude, so float32 inputs neither underflow nor overflow."""
 
+_MAX_BASE_TO_DIFFERENCE = 1e3
+"""Largest RMS ratio of base to difference in the incremental search.
+
+$G(u + \\delta) - G(u)$ loses about ``eps * |u| / |delta|`` of relative accuracy
+to cancellation, so an unlimited ratio would report round-off as gain.
+"""
+
 
 def _unit_rms(patterns: torch.Tensor) -> torch.Tensor:
     rms = patterns.flatten(1).norm(dim=1) / math.sqrt(patterns[0].numel())
@@ -208,6 +215,8 @@ def _screen_starts(
         best_logs = torch.zeros(count, 2, dtype=torch.float64)
         for base_scale in base_scales.tolist():
             for amplitude in amplitudes.tolist():
+                if base_scale > _MAX_BASE_TO_DIFFERENCE * amplitude:
+                    continue
                 base = (base_scale * directions[:, 0]).to(dtype)
                 delta = (amplitude * directions[:, 1]).to(dtype)
                 ratios = _ratios(model, [base, delta], True)
@@ -402,6 +411,8 @@ def _search(
             scheduler.step()
             with torch.no_grad():
                 logs.clamp_(*_LOG_AMPLITUDE_RANGE)
+                if incremental:
+                    logs[:, 0] = torch.minimum(logs[:, 0], logs[:, 1] + math.log(_MAX_BASE_TO_DIFFERENCE))
                 directions.copy_(_unit_rms(directions.flatten(0, -3)).reshape(directions.shape))
     return best
 
