@@ -7,6 +7,21 @@ package registers nothing.
 
 from .backends import LoopBackend, ParallelScanBackend
 from .cores import L2N, LRU, L2NOptions, LRUOptions
-from .layers import GLU, LGLU, LGLUOptions
+from .layers import GLU, LGLU, LMLP, MLP, TLIP, LGLUOptions, LMLPOptions, TLIPOptions
 
-__all__ = ["GLU", "L2N", "LGLU", "LRU", "L2NOptions", "LGLUOptions", "LRUOptions", "LoopBackend", "ParallelScanBackend"]
+__all__ = [
+    "GLU",
+    "L2N",
+    "L2NOptions",
+    "LGLU",
+    "LGLUOptions",
+    "LMLP",
+    "LMLPOptions",
+    "LRU",
+    "LRUOptions",
+    "LoopBackend",
+    "MLP",
+    "ParallelScanBackend",
+    "TLIP",
+    "TLIPOptions",
+]

@@ -1,6 +1,7 @@
-"""Built-in scan backends: ``loop`` (sequential reference) and ``scan`` (log-depth parallel scan)."""
+"""Built-in scan backends: ``loop`` (sequential reference), ``scan`` (log-depth parallel scan) and ``chunked``."""
 
+from ._chunked import ChunkedScanBackend
 from ._loop import LoopBackend
 from ._scan import ParallelScanBackend
 
-__all__ = ["LoopBackend", "ParallelScanBackend"]
+__all__ = ["ChunkedScanBackend", "LoopBackend", "ParallelScanBackend"]

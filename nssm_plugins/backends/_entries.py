@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nssm_core import PluginEntry, PluginKind
 
+from ._chunked import ChunkedOptions, ChunkedScanBackend
 from ._loop import LoopBackend
 from ._scan import ParallelScanBackend
 
@@ -22,5 +23,12 @@ def backend_entries() -> list[PluginEntry]:
             kind=PluginKind.BACKEND,
             factory=lambda options: ParallelScanBackend(),
             description="Log-depth associative scan in pure PyTorch.",
+        ),
+        PluginEntry(
+            name="chunked",
+            kind=PluginKind.BACKEND,
+            factory=lambda options: ChunkedScanBackend(options.chunk_size),
+            options=ChunkedOptions,
+            description="Diagonal recurrences in chunks: exact products inside a chunk, carried state between chunks.",
         ),
     ]

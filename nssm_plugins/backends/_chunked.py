@@ -1,0 +1,242 @@
+"""The ``chunked`` backend: diagonal recurrences evaluated chunk by chunk.
+
+The $T$ steps of $x_{t+1} = a_t \\odot x_t + b_t$ are cut into $C$ chunks of
+$L$ steps. For all chunks at once, $L$ vectorised steps compute the local
+states from a zero start, $h_k = a_k h_{k-1} + b_k$, and the decay products
+$P_k = a_k a_{k-1} \\cdots a_0$ (both inside one chunk). The state $s_c$
+entering chunk $c$ then obeys $s_{c+1} = P_{L-1} s_c + h_{L-1}$, a diagonal
+recurrence of $C$ steps that is solved by the same method, and every state is
+$x = h + P s$. The work is $O(T)$ in about $L \\log_L T$ Python-level steps.
+
+Only products of decays are formed, never $a^{-t}$ and never a division, so
+decays of exactly 0, moduli of $10^{-6}$ and sequences of $10^5$ steps stay
+exact to round-off.
+
+The gradient is computed by a custom :class:`torch.autograd.Function`. The
+adjoint $\\mu_k = \\partial L / \\partial x_k$ satisfies
+$\\mu_T = g_T$ and $\\mu_k = g_k + \\bar a_k \\mu_{k+1}$, which is the same
+kind of recurrence run backwards in time, so the backward pass reuses the
+forward scan and stores only the decays and the states.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+from pydantic import BaseModel, ConfigDict, Field
+
+from nssm_core import RecurrenceStructure
+
+__all__ = ["ChunkedOptions", "ChunkedScanBackend", "chunked_diagonal_scan"]
+
+DEFAULT_CHUNK = 64
+
+
+class ChunkedOptions(BaseModel):
+    """Options of the ``chunked`` backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chunk_size: int = Field(
+        DEFAULT_CHUNK, ge=2, description="Steps per chunk; sequences up to this length run step by step."
+    )
+
+
+def _scan_into(
+    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, boundary: torch.Tensor, chunk: int, reverse: bool
+) -> None:
+    """Write the solution of a diagonal recurrence over ``time`` steps into ``out``.
+
+    Forward (``reverse=False``): ``out[:, t] = a_t * out[:, t - 1] + b_t`` with
+    ``out[:, -1]`` read as ``boundary``, so ``out`` holds $x_1 .. x_T$.
+    Backward in time (``reverse=True``): ``out[:, t] = a_t * out[:, t + 1] + b_t``
+    with ``out[:, time]`` read as ``boundary``.
+
+    Args:
+        out: ``(batch, time, d)``, written in place; a view whose time axis can be split.
+        a: ``(d,)`` or ``(1 or batch, time, d)``, of ``out``'s dtype.
+        b: ``(batch, time, d)``, of ``out``'s dtype.
+        boundary: ``(batch, d)``, the state before the first step taken.
+        chunk: Steps per chunk.
+        reverse: Run backwards in time.
+    """
+    batch, steps, width = b.shape
+    time_varying = a.ndim == 3
+    chunks = steps // chunk if steps >= 2 * chunk else 0
+    covered = chunks * chunk
+    # The chunks cover the steps taken first; the remaining steps run one by one afterwards.
+    start = steps - covered if reverse else 0
+    order = range(chunk - 1, -1, -1) if reverse else range(chunk)
+
+    state = boundary
+    if chunks:
+        drives = b[:, start : start + covered].reshape(batch, chunks, chunk, width)
+        decays = a[:, start : start + covered].reshape(a.shape[0], chunks, chunk, width) if time_varying else a
+
+        # 1. Each chunk's end value from a zero start, and its decay product.
+        ends = torch.zeros(batch, chunks, width, dtype=out.dtype, device=out.device)
+        products = torch.ones(decays.shape[0], chunks, width, dtype=out.dtype, device=out.device) if time_varying else torch.ones_like(a)
+        for k in order:
+            decay = decays[:, :, k] if time_varying else decays
+            ends = torch.addcmul(drives[:, :, k], decay, ends)
+            products = products * decay
+
+        # 2. The state entering each chunk: the same recurrence over chunks.
+        entering = torch.empty(batch, chunks, width, dtype=out.dtype, device=out.device)
+        if reverse:
+            entering[:, -1] = boundary
+            if chunks > 1:
+                later = products[:, 1:] if time_varying else products
+                _scan_into(entering[:, :-1], later, ends[:, 1:], boundary, chunk, reverse=True)
+        else:
+            entering[:, 0] = boundary
+            if chunks > 1:
+                earlier = products[:, :-1] if time_varying else products
+                _scan_into(entering[:, 1:], earlier, ends[:, :-1], boundary, chunk, reverse=False)
+
+        # 3. Every state, from the state entering its chunk.
+        states = out[:, start : start + covered].view(batch, chunks, chunk, width)
+        previous = entering
+        for k in order:
+            decay = decays[:, :, k] if time_varying else decays
+            torch.addcmul(drives[:, :, k], decay, previous, out=states[:, :, k])
+            previous = states[:, :, k]
+        state = out[:, start] if reverse else out[:, covered - 1]
+
+    # Steps not covered by whole chunks (all steps of a short sequence).
+    remaining = range(start - 1, -1, -1) if reverse else range(covered, steps)
+    for t in remaining:
+        decay = a[:, t] if time_varying else a
+        torch.addcmul(b[:, t], decay, state, out=out[:, t])
+        state = out[:, t]
+
+
+def _run_scan(a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Return ``x_0 .. x_T``, ``(batch, time + 1, d)``, without recording gradients."""
+    batch, steps, width = b.shape
+    states = torch.empty(batch, steps + 1, width, dtype=b.dtype, device=b.device)
+    states[:, 0] = x0
+    _scan_into(states[:, 1:], a, b, x0, chunk, reverse=False)
+    return states
+
+
+def _run_adjoint(a: torch.Tensor, grad_states: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Return the adjoint $\\mu_0 .. \\mu_T$: $\\mu_T = g_T$, $\\mu_k = g_k + \\bar a_k \\mu_{k+1}$."""
+    batch, length, width = grad_states.shape
+    adjoint = torch.empty(batch, length, width, dtype=grad_states.dtype, device=grad_states.device)
+    adjoint[:, -1] = grad_states[:, -1]
+    _scan_into(adjoint[:, :-1], a.conj(), grad_states[:, :-1], grad_states[:, -1], chunk, reverse=True)
+    return adjoint
+
+
+def _decay_gradient(product: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Reduce ``product`` (``(batch, time, d)``) to the gradient of decays ``a``, summing broadcast axes."""
+    if a.ndim == 1:
+        grad = product.sum(dim=(0, 1))
+    elif a.shape[0] == 1 and product.shape[0] != 1:
+        grad = product.sum(dim=0, keepdim=True)
+    else:
+        grad = product
+    return grad if a.is_complex() else grad.real
+
+
+class _DiagonalScan(torch.autograd.Function):
+    """Chunked diagonal scan with an adjoint backward pass that is itself a scan."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        x0: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
+        states = _run_scan(a, b, x0, chunk)
+        ctx.save_for_backward(a, states)
+        ctx.chunk = chunk
+        return states
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_states: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
+        a, states = ctx.saved_tensors
+        adjoint = _run_adjoint(a, grad_states.to(states.dtype), ctx.chunk)
+
+        grad_a = grad_b = grad_x0 = None
+        later = adjoint[:, 1:]  # mu_{k+1} for k = 0 .. T-1
+        if ctx.needs_input_grad[0]:
+            grad_a = _decay_gradient(later * states[:, :-1].conj(), a)
+        if ctx.needs_input_grad[1]:
+            grad_b = later
+        if ctx.needs_input_grad[2]:
+            grad_x0 = adjoint[:, 0]
+        return grad_a, grad_b, grad_x0, None
+
+
+def chunked_diagonal_scan(
+    a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor, chunk_size: int = DEFAULT_CHUNK
+) -> torch.Tensor:
+    """Evaluate $x_{t+1} = a_t \\odot x_t + b_t$ chunk by chunk, differentiably.
+
+    Args:
+        a: Decays, ``(d,)`` (time-invariant) or ``(batch or 1, time, d)``.
+        b: Drives, ``(batch, time, d)``.
+        x0: Initial states, ``(batch, d)``.
+        chunk_size: Steps per chunk, at least 2.
+
+    Returns:
+        The states ``x_0 .. x_T``, ``(batch, time + 1, d)``, in the promoted
+        dtype of the three inputs.
+
+    Raises:
+        ValueError: If the shapes do not fit together.
+    """
+    if b.ndim != 3:
+        raise ValueError(f"drives b must have shape (batch, time, d), got {tuple(b.shape)}")
+    batch, steps, width = b.shape
+    if a.ndim == 1:
+        if a.shape[0] != width:
+            raise ValueError(f"decays a have shape {tuple(a.shape)}, expected ({width},) to match b {tuple(b.shape)}")
+    elif a.ndim == 3:
+        if a.shape[1:] != (steps, width) or a.shape[0] not in (1, batch):
+            raise ValueError(
+                f"decays a have shape {tuple(a.shape)}, expected ({batch}, {steps}, {width}) "
+                f"or (1, {steps}, {width}) to match b {tuple(b.shape)}"
+            )
+    else:
+        raise ValueError(f"decays a must have shape (d,) or (batch, time, d), got {tuple(a.shape)}")
+    if x0.shape != (batch, width):
+        raise ValueError(f"initial state x0 has shape {tuple(x0.shape)}, expected ({batch}, {width})")
+    if chunk_size < 2:
+        raise ValueError(f"chunk_size must be at least 2, got {chunk_size}")
+
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), x0.dtype)
+    return _DiagonalScan.apply(a.to(dtype), b.to(dtype), x0.to(dtype), chunk_size)
+
+
+class ChunkedScanBackend:
+    """Chunked scan of diagonal recurrences, real or complex, time-invariant or time-varying.
+
+    Args:
+        chunk_size: Steps per chunk.
+    """
+
+    name = "chunked"
+    structures = frozenset({RecurrenceStructure.DIAGONAL})
+
+    def __init__(self, chunk_size: int = DEFAULT_CHUNK) -> None:
+        ChunkedOptions(chunk_size=chunk_size)  # validates the value
+        self.chunk_size = chunk_size
+
+    def diagonal(self, a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Evaluate $x_{t+1} = a_t x_t + b_t$; see :class:`nssm_core.ScanBackend`."""
+        return chunked_diagonal_scan(a, b, x0, self.chunk_size)
+
+    def dense(self, a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Reject dense recurrences, which this backend does not implement."""
+        raise NotImplementedError(
+            "the 'chunked' backend evaluates diagonal recurrences only; use mode='scan' or mode='loop' "
+            "for cores with a dense state matrix"
+        )

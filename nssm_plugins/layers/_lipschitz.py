@@ -1,0 +1,313 @@
+"""Lipschitz-bounded static layers: ``LMLP`` (sandwich layers) and ``TLIP`` (GroupSort network).
+
+``LMLP`` follows the sandwich layers of R. Wang and I. R. Manchester, "Direct
+Parameterization of Lipschitz-Bounded Deep Networks", ICML 2023. ``TLIP``
+stacks norm-bounded linear maps and GroupSort activations (pairs of channels
+sorted), as in C. Anil, J. Lucas and R. Grosse, "Sorting Out Lipschitz
+Function Approximation", ICML 2019.
+
+Both layers are $L$-Lipschitz with $L$ = ``scale``: every piece is
+1-Lipschitz in exact arithmetic, and an input scaling $\\sqrt{L}$ and an
+output scaling $\\sqrt{L}$ give the bound. The weight normalisations use an
+exact SVD (:func:`~nssm_core.spectral_norm_upper`), never power iteration.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from nssm_core import CertificateKind, LayerBase, LayerSpec, safety_margin, spectral_norm_upper
+
+__all__ = ["LMLP", "TLIP", "LMLPOptions", "SandwichLayer", "TLIPOptions", "cayley", "group_sort"]
+
+_SQRT2 = math.sqrt(2.0)
+
+
+class _LipschitzOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float = Field(1.0, gt=0.0, description="Lipschitz bound of the layer.")
+    centered: bool = Field(
+        True,
+        description="Subtract the layer's value at 0 so that f(0) = 0, making the Lipschitz bound a gain bound too.",
+    )
+
+
+class LMLPOptions(_LipschitzOptions):
+    """Options of the ``LMLP`` layer."""
+
+
+class TLIPOptions(_LipschitzOptions):
+    """Options of the ``TLIP`` layer."""
+
+
+def _check_sizes(d_hidden: int, nl_layers: int, scale: float) -> None:
+    for name, value in (("d_hidden", d_hidden), ("nl_layers", nl_layers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+
+
+def _scaled_bound(scale: float, reference: torch.Tensor) -> torch.Tensor:
+    """Return ``scale`` as a 0-d float64 tensor, inflated to cover the rounding of two $\\sqrt{L}$ factors."""
+    return torch.tensor(scale * (1.0 + safety_margin(reference.dtype)), dtype=torch.float64, device=reference.device)
+
+
+def cayley(weight: torch.Tensor, n: int) -> torch.Tensor:
+    """Map a free matrix to a matrix with orthonormal columns by the Cayley transform.
+
+    With ``weight`` $= [U; V]$, $U$ of shape ``(n, n)`` and $V$ of shape
+    ``(m, n)``, $M = U - U^T + V^T V$ and the result is
+    $[(I + M)^{-1} (I - M);\\ -2 V (I + M)^{-1}]$. $I + M$ is invertible for
+    every $U, V$ because $x^T (I + M) x = \\|x\\|^2 + \\|V x\\|^2 > 0$.
+
+    Args:
+        weight: Free matrix of shape ``(n + m, n)``.
+        n: Number of columns.
+
+    Returns:
+        A matrix of shape ``(n + m, n)`` whose columns are orthonormal up to round-off.
+    """
+    if weight.ndim != 2 or weight.shape[1] != n or weight.shape[0] < n:
+        raise ValueError(f"cayley expects a matrix of shape (n + m, n) with n={n}, got {tuple(weight.shape)}")
+    u, v = weight[:n], weight[n:]
+    identity = torch.eye(n, dtype=weight.dtype, device=weight.device)
+    m = u - u.T + v.T @ v
+    top = torch.linalg.solve(identity + m, identity - m)
+    # -2 V (I + M)^{-1} = -2 ((I + M)^{-T} V^T)^T
+    bottom = -2.0 * torch.linalg.solve((identity + m).T, v.T).T
+    return torch.cat([top, bottom], dim=0)
+
+
+def group_sort(x: torch.Tensor) -> torch.Tensor:
+    """Sort each pair of channels ``(2i, 2i + 1)`` of ``x`` in ascending order.
+
+    Sorting is a 1-Lipschitz map in the Euclidean norm. With an odd number of
+    channels the last one is passed through unchanged, which keeps the map
+    1-Lipschitz.
+    """
+    width = x.shape[-1]
+    paired = width - width % 2
+    pairs = rearrange(x[..., :paired], "... (group two) -> ... group two", two=2)
+    sorted_pairs = rearrange(torch.sort(pairs, dim=-1).values, "... group two -> ... (group two)")
+    if paired == width:
+        return sorted_pairs
+    return torch.cat([sorted_pairs, x[..., paired:]], dim=-1)
+
+
+class SandwichLayer(nn.Module):
+    """One 1-Lipschitz sandwich layer ``(..., d_in) -> (..., d_out)``.
+
+    With activation: $h' = \\sqrt{2} A^T \\Psi \\mathrm{relu}(\\sqrt{2} \\Psi^{-1} B h + b)$.
+    Without: the linear sandwich layer $h' = 2 A^T B h$. Here $[A^T; B^T]$,
+    with $A^T$ of shape ``(d_out, d_out)`` and $B^T$ of shape ``(d_in, d_out)``,
+    is the Cayley transform of a free matrix divided by
+    $\\max(1, \\|\\cdot\\|_2)$, so $A A^T + B B^T \\preceq I$, and
+    $\\Psi = \\mathrm{diag}(e^{\\tanh(d)})$ is positive.
+
+    Why it is 1-Lipschitz: ReLU has slopes in $[0, 1]$, so its increments
+    satisfy $\\Delta w^T \\Lambda (\\Delta v - \\Delta w) \\ge 0$ for
+    $\\Lambda = 2 \\Psi^2$; with $\\Delta z = \\Psi \\Delta w$ this gives
+    $\\|\\Delta h\\|^2 - \\|\\Delta h'\\|^2 \\ge \\|\\Delta h - \\sqrt{2} B^T \\Delta z\\|^2 \\ge 0$.
+
+    ReLU is positively homogeneous, so
+    $\\Psi \\mathrm{relu}(\\Psi^{-1} v + b) = \\mathrm{relu}(v + \\Psi b)$. The
+    layer computes the right-hand side, which avoids the round-off of
+    $\\Psi \\Psi^{-1}$. For the same reason $\\Psi$ only rescales the free
+    bias $b$, so bounding it to $(e^{-1}, e)$ costs no expressiveness and keeps
+    it finite for any raw value.
+
+    Args:
+        d_in: Input channels.
+        d_out: Output channels.
+        activation: ``False`` builds the linear sandwich layer (no $\\Psi$, no bias).
+    """
+
+    def __init__(self, d_in: int, d_out: int, activation: bool = True) -> None:
+        super().__init__()
+        self.d_in = d_in
+        self.d_out = d_out
+        self.activation = activation
+        # Free matrix [U; V] of the Cayley transform. At initialisation V^T V has expectation (d_in / d_out) I.
+        self.weight = nn.Parameter(torch.randn(d_out + d_in, d_out) / math.sqrt(d_out))
+        if activation:
+            self.psi_raw = nn.Parameter(torch.zeros(d_out))
+            bound = 1.0 / math.sqrt(d_in)
+            self.bias = nn.Parameter(torch.empty(d_out).uniform_(-bound, bound))
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the normalised $(A^T, B^T)$, shapes ``(d_out, d_out)`` and ``(d_in, d_out)``.
+
+        The Cayley transform is computed in float64. Its spectral norm is 1 up
+        to round-off, so the divisor $\\max(1, \\sigma)$ only removes that
+        round-off, and it is left out of the gradient.
+        """
+        dtype = self.weight.dtype
+        q = cayley(self.weight.to(torch.float64), self.d_out)
+        sigma = spectral_norm_upper(q.detach()) * (1.0 + safety_margin(dtype))
+        q = (q / torch.clamp(sigma, min=1.0)).to(dtype)
+        return q[: self.d_out], q[self.d_out :]
+
+    def psi(self) -> torch.Tensor:
+        """Return the diagonal of $\\Psi$, ``(d_out,)``, in $(e^{-1}, e)$."""
+        return torch.exp(torch.tanh(self.psi_raw))
+
+    def forward(self, h: torch.Tensor, centered: bool = True) -> torch.Tensor:
+        """Apply the layer to ``h`` of shape ``(..., d_in)``.
+
+        Args:
+            h: Input.
+            centered: Subtract the value at ``h = 0``, so the layer maps 0 to 0.
+
+        Returns:
+            The output, ``(..., d_out)``.
+        """
+        a_t, b_t = (factor.to(h.dtype) for factor in self.factors())
+        if not self.activation:
+            return 2.0 * (h @ b_t) @ a_t.T
+        shift = (self.psi() * self.bias).to(h.dtype)
+        z = torch.relu(_SQRT2 * (h @ b_t) + shift)
+        if centered:
+            z = z - torch.relu(shift)
+        return _SQRT2 * (z @ a_t.T)
+
+
+class LMLP(LayerBase):
+    """Lipschitz MLP made of sandwich layers, with Lipschitz bound ``scale``.
+
+    $f(x) = \\sqrt{L}\\, S_{out}(S_k(\\cdots S_1(\\sqrt{L} x)))$: ``nl_layers``
+    ReLU sandwich layers (:class:`SandwichLayer`) of width ``d_hidden`` and a
+    linear sandwich layer back to ``d_model``. Each piece is 1-Lipschitz, so
+    $\\|f(x_1) - f(x_2)\\| \\le L \\|x_1 - x_2\\|$: an incremental bound.
+
+    Biases and $f(0)$: the biases make the uncentered map send 0 to a
+    non-zero constant. A Lipschitz bound then bounds output differences but
+    not the output itself, since a zero input gives a non-zero output. Inside
+    a ``DeepSSM`` this matters: the model's certificate is ``incremental``,
+    which the certificate algebra also treats as a plain gain bound, and that
+    is only true when every block maps 0 to 0. With ``centered=True`` (the
+    default) each sandwich layer subtracts its value at 0, a constant that
+    leaves the Lipschitz constant unchanged, so $f(0) = 0$ and
+    $\\|f(x)\\| \\le L \\|x\\|$ holds too. With ``centered=False`` only the
+    incremental statement holds: a ``DeepSSM`` built on it bounds
+    $\\|y_1 - y_2\\|$ by $\\gamma \\|u_1 - u_2\\|$, but $\\|y\\|$ is not bounded
+    by $\\gamma \\|u\\|$.
+
+    Args:
+        d_model: Input and output channels.
+        d_hidden: Width of the hidden sandwich layers.
+        nl_layers: Number of hidden (ReLU) sandwich layers.
+        scale: Lipschitz bound $L$.
+        centered: Make every sandwich layer map 0 to 0.
+    """
+
+    certificate_kind = CertificateKind.INCREMENTAL
+
+    def __init__(
+        self, d_model: int, d_hidden: int, nl_layers: int = 1, scale: float = 1.0, centered: bool = True
+    ) -> None:
+        super().__init__(d_model)
+        _check_sizes(d_hidden, nl_layers, scale)
+        self.d_hidden = d_hidden
+        self.scale = float(scale)
+        self.centered = centered
+        widths = [d_model] + [d_hidden] * nl_layers
+        self.hidden = nn.ModuleList(SandwichLayer(widths[i], widths[i + 1]) for i in range(nl_layers))
+        self.output = SandwichLayer(d_hidden, d_model, activation=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` of shape ``(..., d_model)``."""
+        root = math.sqrt(self.scale)
+        h = x * root
+        for layer in self.hidden:
+            h = layer(h, centered=self.centered)
+        return self.output(h) * root
+
+    def bound(self) -> torch.Tensor:
+        """Return the Lipschitz bound ``scale`` as a 0-d float64 tensor (with a round-off margin)."""
+        return _scaled_bound(self.scale, self.output.weight)
+
+
+class TLIP(LayerBase):
+    """GroupSort network of norm-bounded linear maps, with Lipschitz bound ``scale``.
+
+    $f(x) = \\sqrt{L}\\, W_{k+1} g(\\cdots g(W_1 \\sqrt{L} x + b_1) \\cdots)$
+    where $g$ sorts each pair of channels (:func:`group_sort`) and every
+    $W_i$ is divided by $\\max(1, \\|W_i\\|_2)$, its spectral norm from an
+    exact SVD. Every piece is 1-Lipschitz, so the layer has the incremental
+    bound $L$.
+
+    Biases make the uncentered map send 0 to a non-zero constant, with the
+    same consequence as for :class:`LMLP`: only output differences are
+    bounded. With ``centered=True`` (the default) each hidden layer subtracts
+    its value at 0, $g(b_i)$, so $f(0) = 0$ and the bound is a gain bound too.
+
+    Args:
+        d_model: Input and output channels.
+        d_hidden: Width of the hidden layers. With an odd width the last
+            channel is not sorted (passed through).
+        nl_layers: Number of hidden layers (linear map and GroupSort).
+        scale: Lipschitz bound $L$.
+        centered: Make every hidden layer map 0 to 0.
+    """
+
+    certificate_kind = CertificateKind.INCREMENTAL
+
+    def __init__(
+        self, d_model: int, d_hidden: int, nl_layers: int = 1, scale: float = 1.0, centered: bool = True
+    ) -> None:
+        super().__init__(d_model)
+        _check_sizes(d_hidden, nl_layers, scale)
+        self.d_hidden = d_hidden
+        self.scale = float(scale)
+        self.centered = centered
+        widths = [d_model] + [d_hidden] * nl_layers + [d_model]
+        self.weights = nn.ParameterList()
+        for d_in, d_out in zip(widths[:-1], widths[1:]):
+            weight = torch.empty(d_out, d_in)
+            nn.init.orthogonal_(weight)  # spectral norm 1, so the normalisation starts inactive
+            self.weights.append(nn.Parameter(weight))
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.empty(d_out).uniform_(-1.0 / math.sqrt(d_in), 1.0 / math.sqrt(d_in)))
+            for d_in, d_out in zip(widths[:-2], widths[1:-1])
+        )
+
+    def normalised_weights(self) -> list[torch.Tensor]:
+        """Return every $W_i / \\max(1, \\|W_i\\|_2)$, in signal order."""
+        result = []
+        for weight in self.weights:
+            sigma = spectral_norm_upper(weight) * (1.0 + safety_margin(weight.dtype))
+            result.append(weight / torch.clamp(sigma, min=1.0).to(weight.dtype))
+        return result
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` of shape ``(..., d_model)``."""
+        root = math.sqrt(self.scale)
+        *hidden_weights, output_weight = (w.to(x.dtype) for w in self.normalised_weights())
+        h = x * root
+        for weight, bias in zip(hidden_weights, self.biases):
+            bias = bias.to(x.dtype)
+            h = group_sort(h @ weight.T + bias)
+            if self.centered:
+                h = h - group_sort(bias)
+        return (h @ output_weight.T) * root
+
+    def bound(self) -> torch.Tensor:
+        """Return the Lipschitz bound ``scale`` as a 0-d float64 tensor (with a round-off margin)."""
+        return _scaled_bound(self.scale, self.weights[0])
+
+
+def build_lmlp(spec: LayerSpec, options: LMLPOptions) -> LMLP:
+    """Registry factory of the ``LMLP`` layer."""
+    return LMLP(spec.d_model, spec.d_hidden, spec.nl_layers, options.scale, options.centered)
+
+
+def build_tlip(spec: LayerSpec, options: TLIPOptions) -> TLIP:
+    """Registry factory of the ``TLIP`` layer."""
+    return TLIP(spec.d_model, spec.d_hidden, spec.nl_layers, options.scale, options.centered)

@@ -1,0 +1,292 @@
+"""Tests of the static layers, parametrized over every registered layer.
+
+Bounded layers are attacked numerically: random pairs and a gradient search
+(:func:`nssm_core.testing.check_layer_bound`), Jacobian norms at random
+points, and an exact SVD of every normalised weight, on randomised and on
+extreme raw parameters.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nssm_plugins.layers
+from nssm_core import CertificateKind, DeepSSM, LayerSpec, get_registry
+from nssm_core.analysis import worst_case_gain
+from nssm_core.testing import check_layer_bound, randomize_parameters
+from nssm_plugins.layers import LGLU, LMLP, MLP, TLIP, cayley, group_sort
+
+D_MODEL = 6
+SPEC = LayerSpec(d_model=D_MODEL, d_hidden=10, nl_layers=2)
+SCALE = 1.7
+"""Bound requested from layers that take a ``scale`` option, so a bound of 1 is not assumed anywhere."""
+
+
+def _kind(name: str) -> CertificateKind:
+    return get_registry().get("layer", name).certificate
+
+
+LAYERS = get_registry().names("layer")
+CERTIFIED = [name for name in LAYERS if _kind(name) is not CertificateKind.NONE]
+INCREMENTAL = [name for name in LAYERS if _kind(name) is CertificateKind.INCREMENTAL]
+BUILTIN_CERTIFIED = [name for name in CERTIFIED if get_registry().get("layer", name).distribution == "nssm"]
+"""Certified layers of this package, whose normalised weights ``unit_norm_pieces`` reads."""
+RAW_SCALES = [1.0, 1e-4, 1e4]
+
+
+def make_layer(
+    name: str, *, spec: LayerSpec = SPEC, dtype: torch.dtype = torch.float64, seed: int = 0, **options: object
+) -> nn.Module:
+    """Build layer ``name`` from the registry, with ``scale=SCALE`` where the layer has that option."""
+    entry = get_registry().get("layer", name)
+    if "scale" in entry.options.model_fields:
+        options.setdefault("scale", SCALE)
+    torch.manual_seed(seed)
+    return get_registry().create("layer", name, spec, options=options).to(dtype)
+
+
+def randomized_layer(name: str, raw_scale: float = 1.0, *, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """Build layer ``name``, add noise to its parameters, then multiply them by ``raw_scale``."""
+    layer = make_layer(name, dtype=dtype)
+    randomize_parameters(layer, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.mul_(raw_scale)
+    return layer
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("shape", [(3, 5, D_MODEL), (5, D_MODEL), (D_MODEL,)])
+def test_layer_output_shape_and_finite(name, shape):
+    layer = make_layer(name, dtype=torch.float32)
+    y = layer(torch.randn(shape))
+    assert y.shape == shape
+    assert y.dtype == torch.float32
+    assert bool(torch.isfinite(y).all())
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_layer_backward_reaches_every_parameter(name):
+    layer = make_layer(name, dtype=torch.float32)
+    layer(torch.randn(4, 7, D_MODEL)).square().sum().backward()
+    for parameter_name, parameter in layer.named_parameters():
+        assert parameter.grad is not None, f"{name}.{parameter_name} has no gradient"
+        assert bool(torch.isfinite(parameter.grad).all()), f"{name}.{parameter_name} has a non-finite gradient"
+        assert float(parameter.grad.abs().sum()) > 0, f"{name}.{parameter_name} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_layer_eval_is_bitwise_deterministic(name):
+    layer = make_layer(name, spec=LayerSpec(d_model=D_MODEL, d_hidden=10, nl_layers=2, dropout=0.3))
+    layer.eval()
+    before = {key: value.clone() for key, value in layer.state_dict().items()}
+    x = torch.randn(4, 9, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        first = layer(x)
+        second = layer(x)
+    assert torch.equal(first, second)
+    after = layer.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), f"eval call changed {key}"
+
+
+@pytest.mark.parametrize("name", CERTIFIED)
+@pytest.mark.parametrize("raw_scale", RAW_SCALES)
+def test_layer_bound_holds_under_search(name, raw_scale):
+    layer = randomized_layer(name, raw_scale)
+    ratio = check_layer_bound(layer, D_MODEL, incremental=_kind(name) is CertificateKind.INCREMENTAL)
+    assert ratio <= 1.0 + 1e-6
+    if raw_scale == 1.0:
+        # A constant layer, or a bound far above the true constant, would also pass the check above.
+        assert ratio > 0.25, f"{name}: search reached only {ratio:.3f} of the declared bound"
+
+
+def declared_bound(layer: nn.Module) -> float:
+    """Return the layer's bound as a float."""
+    return float(layer.bound().detach())
+
+
+def max_jacobian_norm(layer: nn.Module, dtype: torch.dtype, points: int = 64) -> float:
+    """Return the largest spectral norm of the layer's input Jacobian at random points of scale 0.01 to 100."""
+    generator = torch.Generator().manual_seed(2)
+    scales = torch.logspace(-2, 2, points, dtype=dtype).unsqueeze(-1)
+    inputs = torch.randn(points, D_MODEL, generator=generator, dtype=dtype) * scales
+    jacobians = torch.func.vmap(torch.func.jacrev(layer))(inputs).detach()
+    assert jacobians.shape == (points, D_MODEL, D_MODEL)
+    return float(torch.linalg.matrix_norm(jacobians.double(), ord=2).max())
+
+
+@pytest.mark.parametrize("name", INCREMENTAL)
+@pytest.mark.parametrize("raw_scale", RAW_SCALES)
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-6), (torch.float32, 1e-4)])
+def test_jacobian_norm_below_bound(name, raw_scale, dtype, tolerance):
+    layer = randomized_layer(name, raw_scale, dtype=dtype).eval()
+    largest = max_jacobian_norm(layer, dtype)
+    bound = declared_bound(layer)
+    assert largest <= bound * (1 + tolerance), f"{name}: Jacobian norm {largest} exceeds the bound {bound}"
+    if raw_scale == 1.0:
+        assert largest > 0.25 * bound, f"{name}: Jacobian norms reach only {largest / bound:.3f} of the bound"
+
+
+def test_tlip_jacobian_reaches_bound_at_init():
+    # Orthogonal weights and GroupSort, whose Jacobian is a permutation, make TLIP nearly an isometry at
+    # initialisation, so a piece that stretches by a few percent shows up here.
+    layer = make_layer("TLIP").eval()
+    largest = max_jacobian_norm(layer, torch.float64, points=256)
+    bound = declared_bound(layer)
+    assert largest <= bound * (1 + 1e-6)
+    assert largest > 0.99 * bound
+
+
+def unit_norm_pieces(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """Return the matrices whose spectral norm the layer's bound assumes to be at most 1, by name."""
+    if isinstance(layer, LGLU):
+        return {"W": layer.normalised_weight()}
+    if isinstance(layer, LMLP):
+        pieces = {}
+        for index, sandwich in enumerate([*layer.hidden, layer.output]):
+            a_t, b_t = sandwich.factors()
+            pieces[f"sandwich {index} [A^T; B^T]"] = torch.cat([a_t, b_t], dim=0)
+        a_t, b_t = layer.output.factors()
+        pieces["output 2 A^T B"] = 2.0 * a_t @ b_t.T
+        return pieces
+    if isinstance(layer, TLIP):
+        return {f"W_{index}": weight for index, weight in enumerate(layer.normalised_weights())}
+    raise AssertionError(f"no per-weight SVD check for {type(layer).__name__}. Add one to unit_norm_pieces.")
+
+
+def bound_from_pieces(layer: nn.Module) -> float:
+    """Return the bound the layer's construction gives when every piece has norm at most 1."""
+    if isinstance(layer, LGLU):
+        return float(layer.gains().detach().double().max())
+    return layer.scale
+
+
+@pytest.mark.parametrize("name", BUILTIN_CERTIFIED)
+@pytest.mark.parametrize("raw_scale", RAW_SCALES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_normalised_weights_have_unit_norm(name, raw_scale, dtype):
+    layer = randomized_layer(name, raw_scale, dtype=dtype)
+    with torch.no_grad():
+        pieces = unit_norm_pieces(layer)
+        declared = declared_bound(layer)
+    assert pieces
+    for piece_name, matrix in pieces.items():
+        assert matrix.dtype == dtype
+        sigma = float(torch.linalg.svdvals(matrix.double()).max())
+        assert sigma <= 1.0 + 1e-6, f"{name} {piece_name}: spectral norm {sigma}"
+    expected = bound_from_pieces(layer)
+    assert expected <= declared <= expected * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("name", ["LMLP", "TLIP"])
+def test_centered_layer_maps_zero_to_zero(name):
+    layer = randomized_layer(name)
+    zeros = torch.zeros(3, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(layer(zeros), zeros)
+        small = 1e-6 * torch.randn(256, D_MODEL, dtype=torch.float64)
+        ratios = layer(small).norm(dim=-1) / small.norm(dim=-1)
+    assert float(ratios.max()) <= declared_bound(layer)
+
+
+@pytest.mark.parametrize("name", ["LMLP", "TLIP"])
+def test_uncentered_layer_bounds_differences_only(name):
+    layer = make_layer(name, centered=False)
+    randomize_parameters(layer, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        offset = layer(torch.zeros(D_MODEL, dtype=torch.float64))
+        small = 1e-6 * torch.randn(D_MODEL, dtype=torch.float64)
+        plain_ratio = float(layer(small).norm() / small.norm())
+    assert float(offset.norm()) > 0
+    # f(0) != 0, so no plain gain bound holds near the origin ...
+    assert plain_ratio > declared_bound(layer)
+    # ... but the incremental bound still does.
+    assert check_layer_bound(layer, D_MODEL, incremental=True) <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("name", CERTIFIED)
+def test_deep_ssm_certificate_with_layer(name):
+    expected_kind = {"LGLU": "gain", "LMLP": "incremental", "TLIP": "incremental"}.get(
+        name, CertificateKind.weakest([CertificateKind.INCREMENTAL, _kind(name)]).value
+    )
+    torch.manual_seed(0)
+    model = DeepSSM(1, 1, param="l2n", ff=name, gamma=2.0).double()
+    randomize_parameters(model, scale=0.2, generator=torch.Generator().manual_seed(3))
+    certificate = model.certificate()
+    assert certificate.kind == expected_kind
+    assert certificate.bound is not None
+    assert certificate.bound <= 2.0 * (1 + 1e-9)
+
+    searches = [False, True] if expected_kind == "incremental" else [False]
+    for incremental in searches:
+        worst = worst_case_gain(model, 1, length=16, starts=4, steps=40, incremental=incremental)
+        assert 0 < worst <= 2.0, f"{name}: worst-case ratio {worst} (incremental={incremental})"
+
+
+def test_deep_ssm_uncentered_lmlp_keeps_incremental_bound():
+    torch.manual_seed(0)
+    model = DeepSSM(1, 1, param="l2n", ff="LMLP", gamma=2.0, layer_options={"centered": False}).double()
+    assert model.certificate().kind == "incremental"
+    worst = worst_case_gain(model, 1, length=16, starts=4, steps=40, incremental=True)
+    assert worst <= 2.0
+    # A zero input gives a non-zero output, so ||y|| / ||u|| is unbounded as u shrinks.
+    small = 1e-8 * torch.randn(1, 16, 1, dtype=torch.float64)
+    with torch.no_grad():
+        y, _ = model(small)
+    assert float(y.norm() / small.norm()) > 2.0
+
+
+def test_mlp_has_nl_layers_hidden_layers():
+    layer = MLP(D_MODEL, d_hidden=10, nl_layers=3)
+    linears = [module for module in layer.modules() if isinstance(module, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(6, 10), (10, 10), (10, 10), (10, 6)]
+    assert layer.bound() is None
+    assert not layer.certificate().certified
+
+
+def test_group_sort_sorts_pairs():
+    x = torch.tensor([[3.0, 1.0, 2.0, 5.0, -1.0]])
+    assert torch.equal(group_sort(x), torch.tensor([[1.0, 3.0, 2.0, 5.0, -1.0]]))
+    assert torch.equal(group_sort(x[:, :4]), torch.tensor([[1.0, 3.0, 2.0, 5.0]]))
+
+
+def test_tlip_with_odd_hidden_width_keeps_bound():
+    torch.manual_seed(0)
+    layer = randomize_parameters(TLIP(D_MODEL, d_hidden=7, nl_layers=2, scale=SCALE)).double()
+    assert check_layer_bound(layer, D_MODEL, incremental=True, samples=64) <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize(("n", "m"), [(4, 0), (4, 3), (3, 8)])
+@pytest.mark.parametrize("raw_scale", RAW_SCALES)
+def test_cayley_has_orthonormal_columns(n, m, raw_scale):
+    weight = raw_scale * torch.randn(n + m, n, generator=torch.Generator().manual_seed(n + m), dtype=torch.float64)
+    q = cayley(weight, n)
+    assert q.shape == (n + m, n)
+    gram = q.T @ q
+    assert torch.allclose(gram, torch.eye(n, dtype=torch.float64), atol=1e-6)
+
+
+def test_cayley_rejects_wrong_shape():
+    with pytest.raises(ValueError, match="shape"):
+        cayley(torch.randn(3, 4), 4)
+
+
+@pytest.mark.parametrize("name", ["LMLP", "TLIP"])
+def test_lipschitz_layer_rejects_invalid_options(name):
+    entry = get_registry().get("layer", name)
+    with pytest.raises(ValueError, match="scale"):
+        get_registry().create("layer", name, SPEC, options={"scale": -1.0})
+    with pytest.raises(ValueError, match="d_hidden"):
+        entry.factory(LayerSpec(d_model=D_MODEL, d_hidden=0), entry.options())
+
+
+def test_layers_namespace_exports_every_builtin_layer():
+    builtins = [entry.name for entry in get_registry().entries("layer") if entry.distribution == "nssm"]
+    assert {"GLU", "MLP", "LGLU", "LMLP", "TLIP"} <= set(builtins)
+    for name in builtins:
+        assert name in nssm_plugins.layers.__all__
+        assert type(make_layer(name)) is getattr(nssm_plugins.layers, name)
