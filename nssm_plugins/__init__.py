@@ -6,13 +6,33 @@ package registers nothing.
 """
 
 from .backends import LoopBackend, ParallelScanBackend
-from .cores import L2N, LRU, L2NOptions, LRUOptions
+from .cores import (
+    L2N,
+    L2NT,
+    L2RU,
+    LRU,
+    TV,
+    ZAK,
+    L2NOptions,
+    L2NTOptions,
+    L2RUOptions,
+    LRUOptions,
+    PureLRUR,
+    SimpleRNN,
+    TVOptions,
+    ZAKOptions,
+    lruz,
+)
 from .layers import GLU, LGLU, LMLP, MLP, TLIP, LGLUOptions, LMLPOptions, TLIPOptions
 
 __all__ = [
     "GLU",
     "L2N",
     "L2NOptions",
+    "L2NT",
+    "L2NTOptions",
+    "L2RU",
+    "L2RUOptions",
     "LGLU",
     "LGLUOptions",
     "LMLP",
@@ -22,6 +42,13 @@ __all__ = [
     "LoopBackend",
     "MLP",
     "ParallelScanBackend",
+    "PureLRUR",
+    "SimpleRNN",
     "TLIP",
     "TLIPOptions",
+    "TV",
+    "TVOptions",
+    "ZAK",
+    "ZAKOptions",
+    "lruz",
 ]

@@ -9,27 +9,28 @@ sequences with small decays neither overflow nor lose accuracy.
 
 from __future__ import annotations
 
-import logging
-
 import torch
+from einops import rearrange
 
 from nssm_core import RecurrenceStructure
 
-from ._loop import LoopBackend
-
 __all__ = ["ParallelScanBackend"]
-
-logger = logging.getLogger("nssm")
 
 
 class ParallelScanBackend:
-    """Log-depth parallel prefix scan of diagonal recurrences.
+    """Log-depth parallel prefix scan of diagonal recurrences and chunked scan of dense ones.
 
-    Dense recurrences are evaluated by the sequential reference, because a
-    prefix scan of dense pairs would store a ``(d, d)`` matrix per time step.
+    A prefix scan of dense pairs would store a ``(d, d)`` matrix per time
+    step. Because a dense ``A`` is time-invariant, :meth:`dense` instead
+    shares the powers of ``A`` across time steps.
+
+    Attributes:
+        dense_chunk: Chunk length of the dense scan. Longer chunks mean fewer
+            sequential carry steps but more work per step.
     """
 
     name = "scan"
+    dense_chunk = 64
     structures = frozenset({RecurrenceStructure.DIAGONAL, RecurrenceStructure.DENSE})
 
     def diagonal(self, a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -52,8 +53,46 @@ class ParallelScanBackend:
         return torch.cat([x0.unsqueeze(1), drives], dim=1)
 
     def dense(self, a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """Evaluate $x_{t+1} = A x_t + b_t$ by the sequential reference."""
-        if not getattr(self, "_dense_fallback_logged", False):
-            logger.info("scan backend: dense recurrences run on the sequential 'loop' reference")
-            self._dense_fallback_logged = True
-        return LoopBackend().dense(a, b, x0)
+        """Evaluate $x_{t+1} = A x_t + b_t$ by a chunked scan; see :class:`nssm_core.ScanBackend`.
+
+        The sequence is cut into chunks of ``dense_chunk`` steps. Within a
+        chunk, the zero-state response $h_k = \\sum_{j \\le k} A^{k-j} b_j$
+        comes from a log-depth scan that shares one power $A^{2^l}$ per level
+        across all positions. The chunks' initial states follow sequentially
+        from $x_{(c+1)L} = A^L x_{cL} + h_{L-1}$, and every state is then
+        $x_{cL+k+1} = h_k + A^{k+1} x_{cL}$ with the powers $A^1 .. A^L$.
+        Only positive powers of $A$ are formed.
+        """
+        steps = b.shape[1]
+        chunk = min(self.dense_chunk, steps)
+        chunks = -(-steps // chunk)
+        a = a.to(b.dtype)
+
+        # 1. Zero-state response inside each chunk, (batch, chunks, chunk, d).
+        padded = torch.nn.functional.pad(b, (0, 0, 0, chunks * chunk - steps))
+        responses = rearrange(padded, "b (c l) d -> b c l d", l=chunk)
+        level_power = a
+        offset = 1
+        while offset < chunk:
+            shifted = responses[:, :, :-offset] @ level_power.transpose(-1, -2)
+            responses = torch.cat([responses[:, :, :offset], responses[:, :, offset:] + shifted], dim=2)
+            level_power = level_power @ level_power
+            offset *= 2
+
+        # 2. Powers A^1 .. A^chunk by doubling, (chunk, d, d).
+        powers = a.unsqueeze(0)
+        while powers.shape[0] < chunk:
+            powers = torch.cat([powers, powers[-1] @ powers], dim=0)
+        powers = powers[:chunk]
+
+        # 3. Initial state of every chunk, carried sequentially, (batch, chunks, d).
+        carry_matrix = powers[-1].transpose(-1, -2)
+        carries = [x0]
+        for index in range(chunks - 1):
+            carries.append(carries[-1] @ carry_matrix + responses[:, index, -1])
+        initial = torch.stack(carries, dim=1)
+
+        # 4. Add the free response of each chunk's initial state.
+        states = responses + torch.einsum("kij,bcj->bcki", powers, initial)
+        states = rearrange(states, "b c l d -> b (c l) d")[:, :steps]
+        return torch.cat([x0.unsqueeze(1), states], dim=1)

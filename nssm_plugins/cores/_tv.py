@@ -1,0 +1,210 @@
+"""``tv``: a time-varying selective core with a prescribed L2 gain.
+
+Per state coordinate $j$ and step $t$, a small network of the input $u_t$
+produces a triple $(a_{tj}, b_{tj}, c_{tj})$:
+$a = \\exp(-\\mathrm{softplus}(\\delta + \\mathrm{bias}) \\, \\mathrm{softplus}(\\alpha))$
+and $b, c = \\tanh(\\cdot)$. The triple is divided by $\\max(1, \\sigma_{tj})$,
+where $\\sigma_{tj}$ is the spectral norm of $M_{tj} = [[a, b], [c, 0]]$, so
+every $M_{tj}$ is a contraction. With $v_t = \\gamma W_{in} u_t$ and
+$\\|W_{in}\\|_2, \\|W_{out}\\|_2 \\le 1$:
+
+$z_{t+1} = a_t \\odot z_t + b_t \\odot v_t$, $\\hat y_t = c_t \\odot z_t$,
+$y_t = W_{out} \\hat y_t$.
+
+Because $[z_{t+1, j}; \\hat y_{tj}] = M_{tj} [z_{tj}; v_{tj}]$,
+$z_{t+1,j}^2 + \\hat y_{tj}^2 \\le z_{tj}^2 + v_{tj}^2$; summing over time from
+$z_0 = 0$ gives $\\|y\\|_2 \\le \\|\\hat y\\|_2 \\le \\|v\\|_2 \\le \\gamma \\|u\\|_2$.
+The triple depends on $u$, so the map is nonlinear and the bound is a plain
+gain bound, not an incremental one. The recurrence is a diagonal
+time-varying real scan.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from nssm_core import (
+    CertificateKind,
+    CoreBase,
+    CoreSpec,
+    RecurrenceStructure,
+    ScanBackend,
+    safety_margin,
+    spectral_norm_upper,
+)
+
+from ._l2n import initial_block_gamma
+
+__all__ = ["TV", "TVOptions", "contraction_norm_2x2"]
+
+
+class TVOptions(BaseModel):
+    """Options of the ``tv`` core."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rmin: float = Field(0.9, gt=0.0, lt=1.0, description="Smallest initial decay at zero input.")
+    rmax: float = Field(0.99, gt=0.0, lt=1.0, description="Largest initial decay at zero input.")
+    d_selector: int = Field(
+        0, ge=0, description="Hidden width of the network that maps u_t to the triple; 0 means one linear map."
+    )
+    selector_scale: float = Field(
+        0.1, ge=0.0, description="Std of the initial selector weights, relative to 1/sqrt(fan-in)."
+    )
+    train_gamma: bool = Field(False, description="Train the core's gain as a positive parameter.")
+    block_gamma: float | None = Field(
+        None, gt=0.0, description="Initial gain of the core; by default derived from the model's gamma."
+    )
+
+    @model_validator(mode="after")
+    def _check_range(self) -> TVOptions:
+        if self.rmin > self.rmax:
+            raise ValueError(f"rmin ({self.rmin}) must not exceed rmax ({self.rmax})")
+        return self
+
+
+def contraction_norm_2x2(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Return the spectral norm of $[[a, b], [c, 0]]$ elementwise, in float64.
+
+    For a real 2x2 matrix the singular values satisfy
+    $\\sigma_1 \\pm \\sigma_2 = \\sqrt{\\|M\\|_F^2 \\pm 2 |\\det M|}$; here
+    $\\|M\\|_F^2 \\pm 2|\\det M| = a^2 + (|b| \\pm |c|)^2$, a sum of squares with
+    no cancellation. A tiny constant inside the square roots keeps the
+    gradient finite where both terms vanish, and only raises the result.
+    """
+    a, b, c = (x.to(torch.float64) for x in (a, b, c))
+    tiny = 1e-300
+    plus = torch.sqrt(a * a + (b.abs() + c.abs()) ** 2 + tiny)
+    minus = torch.sqrt(a * a + (b.abs() - c.abs()) ** 2 + tiny)
+    return 0.5 * (plus + minus)
+
+
+class TV(CoreBase):
+    """Time-varying selective core with a prescribed plain L2 gain ``gamma``.
+
+    The state is real, ``(batch, d_state)``.
+
+    Args:
+        d_input: Input channels.
+        d_output: Output channels.
+        d_state: State width.
+        gamma: Initial gain bound.
+        train_gamma: Whether ``gamma`` is a trainable positive parameter.
+        rmin: Smallest decay at zero input at initialisation.
+        rmax: Largest decay at zero input at initialisation.
+        d_selector: Hidden width of the selector network (0: one linear map).
+        selector_scale: Std of the initial selector weights relative to $1/\\sqrt{\\text{fan-in}}$.
+    """
+
+    structure = RecurrenceStructure.DIAGONAL
+    certificate_kind = CertificateKind.GAIN
+
+    def __init__(
+        self,
+        d_input: int,
+        d_output: int,
+        d_state: int,
+        gamma: float = 1.0,
+        train_gamma: bool = False,
+        rmin: float = 0.9,
+        rmax: float = 0.99,
+        d_selector: int = 0,
+        selector_scale: float = 0.1,
+    ) -> None:
+        super().__init__(d_input, d_output, d_state)
+        TVOptions(rmin=rmin, rmax=rmax, d_selector=d_selector, selector_scale=selector_scale)  # validates
+        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
+            raise ValueError(f"gamma must be a positive finite number, got {gamma!r}")
+
+        # 1. Selector: u_t -> (delta, raw b, raw c), each d_state wide.
+        if d_selector == 0:
+            self.selector: nn.Module = nn.Linear(d_input, 3 * d_state)
+        else:
+            self.selector = nn.Sequential(
+                nn.Linear(d_input, d_selector), nn.GELU(), nn.Linear(d_selector, 3 * d_state)
+            )
+        with torch.no_grad():
+            for module in self.selector.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, selector_scale / math.sqrt(module.in_features))
+                    module.bias.zero_()
+            last = self.selector if isinstance(self.selector, nn.Linear) else self.selector[-1]
+            # tanh(1) = 0.76 for b and c: the normalised triple starts near the contraction boundary.
+            last.bias[d_state:].fill_(1.0)
+
+        # 2. Decay parameters: at zero input a = exp(-softplus(bias)), with softplus(alpha) = 1.
+        decay = torch.sqrt(torch.rand(d_state, dtype=torch.float64) * (rmax**2 - rmin**2) + rmin**2)
+        self.decay_bias = nn.Parameter(torch.log(torch.expm1(-torch.log(decay))).float())
+        self.decay_rate = nn.Parameter(torch.full((d_state,), math.log(math.expm1(1.0))))
+
+        # 3. Input and output maps, normalised to spectral norm at most 1 when used.
+        self.W_in = nn.Parameter(torch.empty(d_state, d_input))
+        self.W_out = nn.Parameter(torch.empty(d_output, d_state))
+        nn.init.orthogonal_(self.W_in)
+        nn.init.orthogonal_(self.W_out)
+
+        log_gamma = torch.tensor(math.log(gamma))
+        if train_gamma:
+            self.log_gamma = nn.Parameter(log_gamma)
+        else:
+            self.register_buffer("log_gamma", log_gamma)
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        """The core's gain bound, a positive 0-d tensor."""
+        return torch.exp(self.log_gamma)
+
+    @staticmethod
+    def _normalised(weight: torch.Tensor) -> torch.Tensor:
+        sigma = spectral_norm_upper(weight) * (1.0 + safety_margin(weight.dtype))
+        return weight / torch.clamp(sigma, min=1.0).to(weight.dtype)
+
+    def input_matrix(self) -> torch.Tensor:
+        """Return $W_{in}$ with $\\|W_{in}\\|_2 \\le 1$, ``(d_state, d_input)``."""
+        return self._normalised(self.W_in)
+
+    def output_matrix(self) -> torch.Tensor:
+        """Return $W_{out}$ with $\\|W_{out}\\|_2 \\le 1$, ``(d_output, d_state)``."""
+        return self._normalised(self.W_out)
+
+    def triples(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the normalised $(a, b, c)$, each ``(batch, time, d_state)``, for ``u`` of shape ``(batch, time, d_input)``.
+
+        Every $[[a, b], [c, 0]]$ has spectral norm at most 1, and $a \\ge 0$.
+        """
+        dtype = u.dtype
+        delta, raw_b, raw_c = self.selector(u.to(self.W_in.dtype)).to(dtype).chunk(3, dim=-1)
+        rate = nn.functional.softplus(delta + self.decay_bias.to(dtype)) * nn.functional.softplus(
+            self.decay_rate.to(dtype)
+        )
+        a, b, c = torch.exp(-rate), torch.tanh(raw_b), torch.tanh(raw_c)
+        sigma = contraction_norm_2x2(a, b, c) * (1.0 + safety_margin(dtype))
+        divisor = torch.clamp(sigma, min=1.0).to(dtype)
+        return a / divisor, b / divisor, c / divisor
+
+    def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
+        dtype = u.dtype
+        a, b, c = self.triples(u)
+        v = (u @ self.input_matrix().to(dtype).T) * self.gamma.to(dtype)
+        states = backend.diagonal(a, b * v, x0)
+        y = (c * states[:, :-1]) @ self.output_matrix().to(dtype).T
+        return y, states
+
+    def bound(self) -> torch.Tensor:
+        """Return ``gamma`` as a differentiable 0-d float64 tensor."""
+        return self.gamma.to(torch.float64)
+
+
+def build_tv(spec: CoreSpec, options: TVOptions) -> TV:
+    """Registry factory of the ``tv`` core."""
+    gamma = options.block_gamma or initial_block_gamma(spec.model_gamma, spec.n_layers)
+    return TV(
+        spec.d_input, spec.d_output, spec.d_state, gamma=gamma, train_gamma=options.train_gamma,
+        rmin=options.rmin, rmax=options.rmax, d_selector=options.d_selector,
+        selector_scale=options.selector_scale,
+    )
