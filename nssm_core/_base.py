@@ -177,7 +177,8 @@ class CoreBase(nn.Module):
         """Return this core's certificate."""
         with torch.no_grad():
             value = self.bound()
-        if value is None or self.certificate_kind is CertificateKind.NONE:
+        if value is None or self.certificate_kind is CertificateKind.NONE or not bool(torch.isfinite(value)):
+            # A NaN or inf bound (from NaN or inf parameters) certifies nothing.
             return Certificate.uncertified()
         return Certificate(float(value), self.certificate_kind)
 
@@ -205,6 +206,7 @@ class LayerBase(nn.Module):
         """Return this layer's certificate."""
         with torch.no_grad():
             value = self.bound()
-        if value is None or self.certificate_kind is CertificateKind.NONE:
+        if value is None or self.certificate_kind is CertificateKind.NONE or not bool(torch.isfinite(value)):
+            # A NaN or inf bound (from NaN or inf parameters) certifies nothing.
             return Certificate.uncertified()
         return Certificate(float(value), self.certificate_kind)

@@ -143,13 +143,16 @@ def spectral_norm_upper(weight: torch.Tensor) -> torch.Tensor:
         weight: A matrix of shape ``(m, n)``, real or complex.
 
     Returns:
-        A 0-d float64 tensor.
+        A 0-d float64 tensor; NaN when ``weight`` holds NaN or inf.
     """
     if weight.ndim != 2:
         raise ValueError(f"expected a matrix, got a tensor of shape {tuple(weight.shape)}")
     if weight.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=weight.device)
     wide = weight.to(torch.complex128 if weight.is_complex() else torch.float64)
+    if not bool(torch.isfinite(wide).all()):
+        # The SVD fails on NaN or inf; a NaN bound makes every certificate built on it invalid.
+        return torch.full((), math.nan, dtype=torch.float64, device=weight.device)
     sigma = torch.linalg.matrix_norm(wide, ord=2)
     return sigma * (1.0 + safety_margin(torch.float64))
 

@@ -252,10 +252,15 @@ class DeepSSM(nn.Module):
             layer_cert = block.layer.certificate()
             factors.append(CertificateFactor(f"block {index} core", core_cert.bound, core_cert.kind.value))
             factors.append(CertificateFactor(f"block {index} layer", layer_cert.bound, layer_cert.kind.value))
-            for part, cert in (("core", core_cert), ("layer", layer_cert)):
-                if not cert.certified:
-                    name = self.config.param if part == "core" else self.config.ff
+            for part, cert, declared in (
+                ("core", core_cert, block.core.certificate_kind),
+                ("layer", layer_cert, block.layer.certificate_kind),
+            ):
+                name = self.config.param if part == "core" else self.config.ff
+                if declared is CertificateKind.NONE:
                     notes.append(f"block {index} {part} {name!r} has no certified bound")
+                elif not cert.certified:
+                    notes.append(f"block {index} {part} {name!r}: bound is NaN or inf (invalid parameters)")
         factors.append(self._factor("decoder", spectral_norm_upper(self.decoder.weight), CertificateKind.INCREMENTAL))
         scale = self.decoder_scale()
         if scale is not None:

@@ -45,9 +45,10 @@ class LGLUOptions(BaseModel):
 class LGLU(LayerBase):
     """Gain-bounded gated linear unit.
 
-    $[a; b] = W x$ with $\\|W\\|_2 \\le 1$ and $y = l \\odot a \\odot \\sigma(b)$
-    with a positive vector $l$. Because $|\\sigma| < 1$,
+    $[a; b] = W x$ with $\\|W\\|_2 \\le 1$ and $y = l \\odot a \\odot \\sigma(b + c)$
+    with a positive vector $l$ and a gate bias $c$. Because $|\\sigma| < 1$,
     $\\|y\\| \\le \\max_i l_i \\|a\\| \\le \\max_i l_i \\|x\\|$: a plain gain bound.
+    The bias sits inside the gate only, so $f(0) = 0$ and the bound holds.
     The gate multiplies an unbounded value, so the layer is not globally
     Lipschitz and the bound is not incremental.
 
@@ -66,6 +67,7 @@ class LGLU(LayerBase):
         nn.init.orthogonal_(self.weight)
         # softplus(raw) = scale at initialisation.
         self.gain_raw = nn.Parameter(torch.full((d_model,), math.log(math.expm1(scale))))
+        self.gate_bias = nn.Parameter(torch.zeros(d_model))
 
     def normalised_weight(self) -> torch.Tensor:
         """Return $W$ scaled so that $\\|W\\|_2 \\le 1$."""
@@ -79,7 +81,7 @@ class LGLU(LayerBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` of shape ``(..., d_model)``."""
         a, b = (x @ self.normalised_weight().to(x.dtype).T).chunk(2, dim=-1)
-        return self.gains().to(x.dtype) * a * torch.sigmoid(b)
+        return self.gains().to(x.dtype) * a * torch.sigmoid(b + self.gate_bias.to(x.dtype))
 
     def bound(self) -> torch.Tensor:
         """Return $\\max_i l_i$ as a differentiable 0-d float64 tensor."""
