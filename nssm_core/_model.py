@@ -242,6 +242,37 @@ class DeepSSM(nn.Module):
         self._carried_states = [s.detach() for s in final_states] if detach_state else final_states
         return y, final_states
 
+    def step(
+        self,
+        u: torch.Tensor,
+        state: Sequence[torch.Tensor | None] | None = None,
+        mode: str | ScanBackend = "loop",
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Advance the model by one time step or a short chunk, for streaming inference.
+
+        The outputs equal those of one :meth:`forward` call on the whole
+        sequence, and the cost of a call depends only on the length of ``u``,
+        not on how many steps came before.
+
+        Args:
+            u: One step ``(batch, d_input)`` or a chunk ``(batch, time, d_input)``.
+            state: The per-block states returned by the previous call; zero states when ``None``.
+            mode: Scan backend; the sequential ``"loop"`` suits single steps.
+
+        Returns:
+            ``(y, state)``: output ``(batch, d_output)`` for a single step or
+            ``(batch, time, d_output)`` for a chunk, and the new per-block states.
+        """
+        if isinstance(u, torch.Tensor) and u.ndim == 2:
+            y, states = self.forward(u.unsqueeze(1), state=state, mode=mode)
+            return y[:, 0], states
+        if isinstance(u, torch.Tensor) and u.ndim != 3:
+            raise ValueError(
+                f"step expects u of shape (batch, {self.d_input}) or (batch, time, {self.d_input}), "
+                f"got {u.ndim}-D shape {tuple(u.shape)}"
+            )
+        return self.forward(u, state=state, mode=mode)
+
     @torch.no_grad()
     def certificate(self) -> ModelCertificate:
         """Return the model's certificate report: bound, kind and the factors it is made of."""

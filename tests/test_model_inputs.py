@@ -104,3 +104,24 @@ def test_unknown_mode(model):
 def test_bad_model_sizes(bad):
     with pytest.raises(ValueError, match="d_input"):
         DeepSSM(bad, 1)
+
+
+def test_step_streaming_matches_forward(model):
+    u = torch.randn(2, 25, 3, dtype=torch.float64)
+    y_full, states_full = model(u)
+    state = None
+    outputs = []
+    for t in range(10):
+        y_t, state = model.step(u[:, t], state)
+        assert y_t.shape == (2, 2)
+        outputs.append(y_t)
+    y_chunk, state = model.step(u[:, 10:], state)
+    streamed = torch.cat([torch.stack(outputs, 1), y_chunk], 1)
+    torch.testing.assert_close(streamed, y_full, rtol=1e-10, atol=1e-10)
+    for a, b in zip(state, states_full):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_step_rejects_bad_rank(model):
+    with pytest.raises(ValueError, match="step expects"):
+        model.step(torch.randn(3, dtype=torch.float64))
