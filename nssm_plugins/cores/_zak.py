@@ -45,7 +45,7 @@ from ._lru import init_ring_eigenvalues
 
 __all__ = ["ZAK", "ZAKOptions", "lruz"]
 
-# Smallest decay rate -log|lambda|: keeps |lambda| <= 1 - 1e-6, which float32 still tells apart from 1.
+# Smallest decay rate -log|lambda|: keeps |lambda| <= 1 - 1e-6, which float32 still represents as below 1.
 _MIN_DECAY_RATE = 1e-6
 # Largest log-phase: exp(60) is finite in float32.
 _MAX_LOG_PHASE = 60.0
