@@ -302,6 +302,17 @@ def test_tv_hidden_selector_equivalence_and_gain() -> None:
     assert _tv_worst_ratio(core, float(core.bound())) <= 1 + 1e-6
 
 
+def test_tv_initial_decays_in_ring() -> None:
+    core = TV(3, 2, 16, rmin=0.9, rmax=0.99).double()
+    with torch.no_grad():
+        a, b, c = core.triples(torch.zeros(1, 1, 3, dtype=torch.float64))
+    assert float(a.min()) >= 0.9 - 1e-6
+    assert float(a.max()) <= 0.99 + 1e-6
+    dc_gain = b * c / (1 - a)
+    assert float(dc_gain.min()) > 0.99
+    assert float(dc_gain.max()) <= 1.0
+
+
 def test_tv_is_not_incremental() -> None:
     assert TV.certificate_kind is CertificateKind.GAIN
 

@@ -120,7 +120,12 @@ class TV(CoreBase):
         if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
             raise ValueError(f"gamma must be a positive finite number, got {gamma!r}")
 
-        # 1. Selector: u_t -> (delta, raw b, raw c), each d_state wide.
+        # 1. Decays at zero input: a = exp(-softplus(bias)) in [rmin, rmax], with softplus(alpha) = 1.
+        decay = torch.sqrt(torch.rand(d_state, dtype=torch.float64) * (rmax**2 - rmin**2) + rmin**2)
+        self.decay_bias = nn.Parameter(torch.log(torch.expm1(-torch.log(decay))).float())
+        self.decay_rate = nn.Parameter(torch.full((d_state,), math.log(math.expm1(1.0))))
+
+        # 2. Selector: u_t -> (delta, raw b, raw c), each d_state wide.
         if d_selector == 0:
             self.selector: nn.Module = nn.Linear(d_input, 3 * d_state)
         else:
@@ -133,13 +138,10 @@ class TV(CoreBase):
                     module.weight.normal_(0.0, selector_scale / math.sqrt(module.in_features))
                     module.bias.zero_()
             last = self.selector if isinstance(self.selector, nn.Linear) else self.selector[-1]
-            # tanh(1) = 0.76 for b and c: the normalised triple starts near the contraction boundary.
-            last.bias[d_state:].fill_(1.0)
-
-        # 2. Decay parameters: at zero input a = exp(-softplus(bias)), with softplus(alpha) = 1.
-        decay = torch.sqrt(torch.rand(d_state, dtype=torch.float64) * (rmax**2 - rmin**2) + rmin**2)
-        self.decay_bias = nn.Parameter(torch.log(torch.expm1(-torch.log(decay))).float())
-        self.decay_rate = nn.Parameter(torch.full((d_state,), math.log(math.expm1(1.0))))
+            # b = c = sqrt(1 - a) puts [[a, b], [c, 0]] on the unit-norm boundary, so at zero input the
+            # normaliser leaves a unchanged and each coordinate starts with a DC gain just below 1.
+            edge = torch.atanh(torch.sqrt(1.0 - decay) * 0.999).float()
+            last.bias[d_state:].copy_(torch.cat([edge, edge]))
 
         # 3. Input and output maps, normalised to spectral norm at most 1 when used.
         self.W_in = nn.Parameter(torch.empty(d_state, d_input))
