@@ -59,6 +59,7 @@ def test_invalid_options_are_rejected(fields, message):
         SSMConfig(**fields)
 
 
+# --8<-- [start:tests]
 def test_core_modes_and_chunks_agree():
     check_core_equivalence(lambda: RealDiagonal(3, 2, 6, gamma=1.5), d_input=3, lengths=(1, 2, 7, 65, 300))
 
@@ -70,6 +71,7 @@ def test_core_hinf_norm_within_gamma(raw_scale, dtype):
     core = randomize_parameters(RealDiagonal(3, 4, 10, gamma=2.5), scale=raw_scale).to(dtype)
     ratio = check_lti_certificate(core, 2.5)
     assert ratio > 0.0
+# --8<-- [end:tests]
 
 
 def test_core_bound_is_tight_for_one_channel():
@@ -116,12 +118,14 @@ def test_group_sort_sorts_pairs():
     assert torch.equal(group_sort(x), torch.tensor([[-1.0, 3.0, 2.0, 5.0]]))
 
 
+# --8<-- [start:layer-test]
 @pytest.mark.parametrize(("nl_layers", "dtype"), [(1, torch.float64), (3, torch.float32)])
 def test_layer_lipschitz_bound_holds(nl_layers, dtype):
     torch.manual_seed(4)
     layer = randomize_parameters(ScaledGroupSort(5, d_hidden=8, nl_layers=nl_layers, scale=0.7)).to(dtype)
     ratio = check_layer_bound(layer, 5, incremental=True)
     assert ratio > 0.2, "the search should come close to the bound"
+# --8<-- [end:layer-test]
 
 
 def test_layer_gain_bound_holds():

@@ -59,6 +59,7 @@ MAX_DECAY = 0.999
 """Largest decay $a_{max}$: it keeps $1 - a_j \\ge 10^{-3}$, so $g_j$ stays finite in float32."""
 
 
+# --8<-- [start:RealDiagonalOptions]
 class RealDiagonalOptions(BaseModel):
     """Options of the ``realdiag`` core.
 
@@ -83,6 +84,7 @@ class RealDiagonalOptions(BaseModel):
         if self.rmax > MAX_DECAY:
             raise ValueError(f"realdiag keeps every decay at most {MAX_DECAY}; got rmax={self.rmax}")
         return self
+# --8<-- [end:RealDiagonalOptions]
 
 
 class RealDiagonal(CoreBase):
@@ -164,6 +166,7 @@ class RealDiagonal(CoreBase):
         scale = self.gamma.to(torch.float64) / peak * (1.0 - safety_margin(dtype))
         return scale.to(dtype)
 
+    # --8<-- [start:run]
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
         dtype = u.dtype
@@ -177,6 +180,7 @@ class RealDiagonal(CoreBase):
         filtered = states[:, :-1] * c + v * d
         y = (filtered @ w_out.T) * self.output_scale().to(dtype)
         return y, states
+    # --8<-- [end:run]
 
     def bound(self) -> torch.Tensor:
         """Return ``gamma`` as a differentiable 0-d float64 tensor."""

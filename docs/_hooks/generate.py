@@ -1,0 +1,157 @@
+"""mkdocs hook that fills generated parts of the pages from the live code.
+
+A page marks a generated part with an HTML comment on a line of its own:
+
+* ``<!-- nssm:catalogue core -->`` (or ``layer``, ``backend``): a table of the
+  built-in entries of that kind, read from the plugin registry, followed by
+  each entry's options.
+* ``<!-- nssm:api nssm_core -->``: one mkdocstrings block per name in the
+  module's ``__all__``.
+* ``<!-- nssm:cli -->``: the help text of ``nssm`` and of each subcommand.
+
+Generating these parts keeps them from drifting from the code: a new plugin
+entry, public name or command option appears on the next build.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import pkgutil
+import re
+import warnings
+from contextlib import redirect_stdout
+from typing import Any
+
+_MARKER = re.compile(r"^<!-- nssm:(?P<what>catalogue|api|cli)(?: (?P<arg>[\w.]+))? -->$", re.MULTILINE)
+
+BUILTIN_DISTRIBUTION = "nssm"
+
+
+def on_page_markdown(markdown: str, **kwargs: Any) -> str:
+    """Replace every generation marker in a page with the generated Markdown."""
+    return _MARKER.sub(_expand, markdown)
+
+
+def _expand(match: re.Match[str]) -> str:
+    what, argument = match["what"], match["arg"]
+    if what == "catalogue":
+        return catalogue_markdown(argument)
+    if what == "api":
+        return api_markdown(argument)
+    return cli_markdown()
+
+
+def _registry():
+    from nssm_core import PluginLoadWarning, load_plugins
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginLoadWarning)
+        return load_plugins()
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def catalogue_markdown(kind: str | None) -> str:
+    """Return the table of built-in entries of ``kind`` and, per entry, a table of its options."""
+    if kind not in {"core", "layer", "backend"}:
+        raise ValueError(f"nssm:catalogue needs a kind (core, layer or backend), got {kind!r}")
+    registered = [e for e in _registry().entries(kind) if e.distribution == BUILTIN_DISTRIBUTION]
+    entries = [e.describe() for e in registered]
+    annotations = {e.name: {n: f.annotation for n, f in e.options.model_fields.items()} for e in registered}
+    if not entries:
+        raise ValueError(f"the registry has no built-in {kind} entries; is nssm installed in this environment?")
+
+    lines = []
+    if kind == "core":
+        lines += ["| name | certificate | recurrence | description |", "| --- | --- | --- | --- |"]
+        for e in entries:
+            lines.append(f"| [`{e['name']}`](#{_anchor(e['name'])}) | {e['certificate']} | {e['structure']} | {_cell(e['description'])} |")
+    elif kind == "layer":
+        lines += ["| name | certificate | description |", "| --- | --- | --- |"]
+        for e in entries:
+            lines.append(f"| [`{e['name']}`](#{_anchor(e['name'])}) | {e['certificate']} | {_cell(e['description'])} |")
+    else:
+        lines += ["| name (`mode=`) | description |", "| --- | --- |"]
+        for e in entries:
+            lines.append(f"| [`{e['name']}`](#{_anchor(e['name'])}) | {_cell(e['description'])} |")
+
+    for e in entries:
+        lines += ["", f"### `{e['name']}` {{ #{_anchor(e['name'])} }}", "", _cell(e["description"]) or "", ""]
+        if not e["options"]:
+            lines.append("No options.")
+            continue
+        lines += ["| option | type | default | description |", "| --- | --- | --- | --- |"]
+        for name, info in e["options"].items():
+            default = "required" if info["required"] else f"`{json.dumps(info['default'], default=str)}`"
+            type_text = _type_name(annotations[e["name"]][name])
+            lines.append(f"| `{name}` | {_cell(type_text)} | {default} | {_cell(info['description'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _type_name(annotation: object) -> str:
+    """Return a readable name of a type annotation: ``float``, ``float | None``, ``Literal['a', 'b']``."""
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+def _anchor(name: str) -> str:
+    return "entry-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def api_markdown(module_name: str | None) -> str:
+    """Return one mkdocstrings block per name in ``module_name.__all__``, sorted.
+
+    A package's names that a public subpackage also lists in its ``__all__``
+    are left out, because the page documents that subpackage in its own section.
+    """
+    if not module_name:
+        raise ValueError("nssm:api needs a module name, for example <!-- nssm:api nssm_core -->")
+    module = importlib.import_module(module_name)
+    names = getattr(module, "__all__", None)
+    if names is None:
+        raise ValueError(f"{module_name} has no __all__; list its public names there")
+    documented_in_subpackages = set()
+    for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+        if info.ispkg and not info.name.startswith("_"):
+            subpackage = importlib.import_module(f"{module_name}.{info.name}")
+            documented_in_subpackages.update(getattr(subpackage, "__all__", []))
+    blocks = []
+    for name in sorted(names):
+        if name.startswith("__") or name in documented_in_subpackages:
+            continue
+        blocks.append(f"::: {module_name}.{name}\n")
+    return "\n".join(blocks)
+
+
+def cli_markdown() -> str:
+    """Return the ``--help`` text of ``nssm`` and of every subcommand, as code blocks."""
+    import argparse
+
+    from nssm_core.cli import build_parser
+
+    parser = build_parser()
+    sections = [("nssm", parser)]
+    for action in parser._actions:  # argparse has no public accessor for subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            sections += [(f"nssm {name}", sub) for name, sub in action.choices.items()]
+    lines = []
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal width; fix it so builds match
+    try:
+        for title, command in sections:
+            buffer = io.StringIO()
+            with redirect_stdout(buffer):
+                command.print_help()
+            lines += [f"## `{title}`", "", "```text", buffer.getvalue().rstrip(), "```", ""]
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    return "\n".join(lines)
