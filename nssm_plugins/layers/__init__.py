@@ -13,6 +13,7 @@ from ._lipschitz import LMLPOptions as LMLPOptions
 from ._lipschitz import SandwichLayer as SandwichLayer
 from ._lipschitz import TLIPOptions as TLIPOptions
 from ._lipschitz import cayley as cayley
+from ._lipschitz import centered_group_sort as centered_group_sort
 from ._lipschitz import group_sort as group_sort
 from ._mlp import MLP as MLP
 
@@ -27,5 +28,6 @@ __all__ = [
     "SandwichLayer",
     "TLIPOptions",
     "cayley",
+    "centered_group_sort",
     "group_sort",
 ]

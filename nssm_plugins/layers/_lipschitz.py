@@ -23,7 +23,7 @@ from torch import nn
 
 from nssm_core import CertificateKind, LayerBase, LayerSpec, safety_margin, spectral_norm_upper
 
-__all__ = ["LMLP", "TLIP", "LMLPOptions", "SandwichLayer", "TLIPOptions", "cayley", "group_sort"]
+__all__ = ["LMLP", "TLIP", "LMLPOptions", "SandwichLayer", "TLIPOptions", "cayley", "centered_group_sort", "group_sort"]
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -101,6 +101,37 @@ def group_sort(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([sorted_pairs, x[..., paired:]], dim=-1)
 
 
+def centered_group_sort(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Compute ``group_sort(z + bias) - group_sort(bias)`` without cancellation.
+
+    For a pair $(p, q)$ of ``z`` with biases $(c, d)$ and $\\delta = d - c$,
+    the two outputs equal
+    $\\min(p + \\mathrm{relu}(-\\delta), q + \\mathrm{relu}(\\delta))$ and
+    $\\max(p - \\mathrm{relu}(\\delta), q - \\mathrm{relu}(-\\delta))$.
+    Forming the difference directly subtracts two values of the size of the
+    bias, so a small ``z`` loses its digits to round-off (in float32 a layer
+    with unit biases then overshoots its bound near 0). This form is exactly
+    0 at ``z = 0`` in floating point and rounds relative to the size of the
+    result. With an odd number of channels the last one is ``z`` itself.
+
+    Args:
+        z: Pre-activations without bias, ``(..., width)``.
+        bias: Bias, ``(width,)``.
+    """
+    width = z.shape[-1]
+    paired = width - width % 2
+    pairs = rearrange(z[..., :paired], "... (group two) -> ... group two", two=2)
+    bias_pairs = rearrange(bias[:paired], "(group two) -> group two", two=2)
+    delta = bias_pairs[:, 1] - bias_pairs[:, 0]
+    p, q = pairs[..., 0], pairs[..., 1]
+    low = torch.minimum(p + torch.relu(-delta), q + torch.relu(delta))
+    high = torch.maximum(p - torch.relu(delta), q - torch.relu(-delta))
+    result = rearrange(torch.stack([low, high], dim=-1), "... group two -> ... (group two)")
+    if paired == width:
+        return result
+    return torch.cat([result, z[..., paired:]], dim=-1)
+
+
 class SandwichLayer(nn.Module):
     """One 1-Lipschitz sandwich layer ``(..., d_in) -> (..., d_out)``.
 
@@ -172,9 +203,13 @@ class SandwichLayer(nn.Module):
         if not self.activation:
             return 2.0 * (h @ b_t) @ a_t.T
         shift = (self.psi() * self.bias).to(h.dtype)
-        z = torch.relu(_SQRT2 * (h @ b_t) + shift)
+        v = _SQRT2 * (h @ b_t)
         if centered:
-            z = z - torch.relu(shift)
+            # relu(v + c) - relu(c) equals max(v - relu(-c), -relu(c)), which is exactly 0 at v = 0
+            # and does not cancel two values of the size of c.
+            z = torch.maximum(v - torch.relu(-shift), -torch.relu(shift))
+        else:
+            z = torch.relu(v + shift)
         return _SQRT2 * (z @ a_t.T)
 
 
@@ -293,9 +328,10 @@ class TLIP(LayerBase):
         h = x * root
         for weight, bias in zip(hidden_weights, self.biases):
             bias = bias.to(x.dtype)
-            h = group_sort(h @ weight.T + bias)
             if self.centered:
-                h = h - group_sort(bias)
+                h = centered_group_sort(h @ weight.T, bias)
+            else:
+                h = group_sort(h @ weight.T + bias)
         return (h @ output_weight.T) * root
 
     def bound(self) -> torch.Tensor:
