@@ -77,10 +77,12 @@ def hinf_norm(
         peaks: How many of the highest grid points are refined.
 
     Returns:
-        The norm in float64 precision, or ``inf`` if ``A`` has an eigenvalue on
-        or outside the unit circle.
+        The norm in float64 precision, ``inf`` if ``A`` has an eigenvalue on
+        or outside the unit circle, or ``nan`` if a matrix has NaN or inf entries.
     """
     a, b, c, d = _as_matrices(a, b, c, d)
+    if not all(bool(torch.isfinite(matrix).all()) for matrix in (a, b, c, d)):
+        return math.nan
     if a.shape[0] == 0:
         return float(torch.linalg.matrix_norm(d.to(torch.complex128), ord=2))
     eigenvalues = torch.linalg.eigvals(a)
