@@ -10,7 +10,8 @@ A page marks a generated part with an HTML comment on a line of its own:
 * ``<!-- nssm:cli -->``: the help text of ``nssm`` and of each subcommand.
 
 Generating these parts keeps them from drifting from the code: a new plugin
-entry, public name or command option appears on the next build.
+entry, public name or command option appears on the next build. The hook also
+adds the pages in ``OPTIONAL_PAGES`` to the nav when their files exist.
 """
 
 from __future__ import annotations
@@ -23,11 +24,45 @@ import pkgutil
 import re
 import warnings
 from contextlib import redirect_stdout
+from pathlib import Path
 from typing import Any
 
 _MARKER = re.compile(r"^<!-- nssm:(?P<what>catalogue|api|cli)(?: (?P<arg>[\w.]+))? -->$", re.MULTILINE)
 
 BUILTIN_DISTRIBUTION = "nssm"
+
+
+# Pages that other parts of the project may add; each joins the nav when its file exists.
+OPTIONAL_PAGES = {
+    "catalogue.md": "Catalogue",
+    "certificates.md": "Certificates",
+    "benchmarks.md": "Benchmarks",
+    "training.md": "Training",
+}
+
+
+def on_config(config: Any, **kwargs: Any) -> Any:
+    """Add each optional page that exists but is not in the nav, before the CLI reference."""
+    nav = config["nav"]
+    if nav is None:
+        return config
+    listed = set(_nav_files(nav))
+    docs_dir = Path(config["docs_dir"])
+    missing = [{title: name} for name, title in OPTIONAL_PAGES.items() if (docs_dir / name).is_file() and name not in listed]
+    titles = [next(iter(item)) if isinstance(item, dict) else None for item in nav]
+    position = titles.index("CLI reference") if "CLI reference" in titles else len(nav)
+    nav[position:position] = missing
+    return config
+
+
+def _nav_files(nav: Any) -> list[str]:
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, dict):
+        return [name for value in nav.values() for name in _nav_files(value)]
+    if isinstance(nav, list):
+        return [name for item in nav for name in _nav_files(item)]
+    return []
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
