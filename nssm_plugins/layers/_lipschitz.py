@@ -142,9 +142,10 @@ class SandwichLayer(nn.Module):
     $\\max(1, \\|\\cdot\\|_2)$, so $A A^T + B B^T \\preceq I$, and
     $\\Psi = \\mathrm{diag}(e^{\\tanh(d)})$ is positive.
 
-    Why it is 1-Lipschitz: ReLU has slopes in $[0, 1]$, so its increments
+    Why it is 1-Lipschitz: with $v = \\sqrt{2} \\Psi^{-1} B h + b$ and
+    $w = \\mathrm{relu}(v)$, ReLU has slopes in $[0, 1]$, so the increments
     satisfy $\\Delta w^T \\Lambda (\\Delta v - \\Delta w) \\ge 0$ for
-    $\\Lambda = 2 \\Psi^2$; with $\\Delta z = \\Psi \\Delta w$ this gives
+    $\\Lambda = 2 \\Psi^2$. With $\\Delta z = \\Psi \\Delta w$ this gives
     $\\|\\Delta h\\|^2 - \\|\\Delta h'\\|^2 \\ge \\|\\Delta h - \\sqrt{2} B^T \\Delta z\\|^2 \\ge 0$.
 
     ReLU is positively homogeneous, so
@@ -205,8 +206,8 @@ class SandwichLayer(nn.Module):
         shift = (self.psi() * self.bias).to(h.dtype)
         v = _SQRT2 * (h @ b_t)
         if centered:
-            # relu(v + c) - relu(c) equals max(v - relu(-c), -relu(c)), which is exactly 0 at v = 0
-            # and does not cancel two values of the size of c.
+            # relu(v + shift) - relu(shift) equals max(v - relu(-shift), -relu(shift)), which is
+            # exactly 0 at v = 0 and does not cancel two values of the size of the shift.
             z = torch.maximum(v - torch.relu(-shift), -torch.relu(shift))
         else:
             z = torch.relu(v + shift)
@@ -224,9 +225,9 @@ class LMLP(LayerBase):
     Biases and $f(0)$: the biases make the uncentered map send 0 to a
     non-zero constant. A Lipschitz bound then bounds output differences but
     not the output itself, since a zero input gives a non-zero output. Inside
-    a ``DeepSSM`` this matters: the model's certificate is ``incremental``,
-    which the certificate algebra also treats as a plain gain bound, and that
-    is only true when every block maps 0 to 0. With ``centered=True`` (the
+    a ``DeepSSM`` with an incremental core this matters: the model's
+    certificate is ``incremental``, which the certificate algebra also treats
+    as a plain gain bound, and that is only true when every block maps 0 to 0. With ``centered=True`` (the
     default) each sandwich layer subtracts its value at 0, a constant that
     leaves the Lipschitz constant unchanged, so $f(0) = 0$ and
     $\\|f(x)\\| \\le L \\|x\\|$ holds too. With ``centered=False`` only the
