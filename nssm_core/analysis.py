@@ -260,11 +260,9 @@ def worst_case_gain(
 
     The search has three stages:
 
-    1. Screening: a bank of structured inputs (:func:`start_patterns`: steps,
-       impulses, sinusoids from low frequency to the alternating sign, random
-       signs and noise) is evaluated at RMS amplitudes from 0.01 to 100, and
-       the ``starts`` patterns with the largest ratios are kept, each at its
-       best amplitude.
+    1. Screening: a bank of structured inputs (:func:`start_patterns`) is
+       evaluated at RMS amplitudes from 0.01 to 100. The ``starts`` patterns
+       with the largest ratios are kept, each at its best amplitude.
     2. Ascent: Adam maximises the ratio of each start (one per batch
        element). An input is written as $u = e^{s} v$ with a free direction
        $v$ and a log amplitude $s$, so the amplitude moves by multiplicative

@@ -58,12 +58,12 @@ raw_parameters = st.tuples(st.sampled_from(["perturb", "replace"]), st.sampled_f
 
 
 @torch.no_grad()
-def set_raw_parameters(module: torch.nn.Module, how: str, scale: float, seed: int) -> None:
+def set_raw_parameters(module: torch.nn.Module, operation: str, scale: float, seed: int) -> None:
     """Perturb every parameter by ``scale`` times Gaussian noise, or replace it by that noise."""
     generator = torch.Generator().manual_seed(seed)
     for parameter in module.parameters():
         noise = scale * torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
-        if how == "replace":
+        if operation == "replace":
             parameter.copy_(noise.to(parameter.dtype))
         else:
             parameter.add_(noise.to(parameter.dtype))

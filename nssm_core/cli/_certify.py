@@ -14,10 +14,10 @@ what the certificate bounds:
 A search returns the ratio of an input the model was run on, so it is a lower
 bound of the true gain: a search can prove a certificate false, never true.
 
-Exit status: 0 when every measured value is within its certificate; 1 when a
-measured value exceeds its certificate, the certificate is invalid (NaN or inf
-parameters, a non-finite bound) or the model has no certificate; 2 when the
-checkpoint or the data cannot be read.
+Exit status 0 means every measured value is within its certificate. Status 1
+means a measured value exceeds its certificate, the certificate is invalid (NaN
+or inf parameters, a non-finite bound) or the model has no certificate. Status 2
+means the checkpoint or the data cannot be read.
 """
 
 from __future__ import annotations
