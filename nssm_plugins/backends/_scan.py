@@ -5,6 +5,10 @@ $(a_1, b_1) \\cdot (a_2, b_2) = (a_2 a_1, a_2 b_1 + b_2)$. The inclusive scan
 doubles its reach at each of $\\lceil \\log_2 T \\rceil$ levels (Hillis and
 Steele, 1986). Only products of decays are formed, never $a^{-t}$, so long
 sequences with small decays neither overflow nor lose accuracy.
+
+Dense time-invariant recurrences use a chunked scan instead (see
+:meth:`ParallelScanBackend.dense`), because pairs of dense matrices would
+store a ``(d, d)`` matrix per time step.
 """
 
 from __future__ import annotations

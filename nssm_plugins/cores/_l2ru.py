@@ -148,6 +148,7 @@ class L2RU(CoreBase):
 
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
+        # NOTE: the bound is proven for the float64 matrices; their float32 cast is not bounded separately.
         a, b, c, d = (m.to(u.dtype) for m in self.lti_matrices())
         states = backend.dense(a, u @ b.T, x0)
         y = states[:, :-1] @ c.T + u @ d.T

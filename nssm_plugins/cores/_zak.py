@@ -186,6 +186,7 @@ class ZAK(CoreBase):
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
         complex_dtype = x0.dtype
+        # NOTE: the bound is proven for the float64 system; its complex64 cast is not bounded separately.
         lam, b, c, d = self.system()
         drives = u.to(complex_dtype) @ b.to(complex_dtype).T
         states = backend.diagonal(lam.to(complex_dtype), drives, x0)
