@@ -7,6 +7,9 @@ import torch
 
 from nssm_core import reset_registry
 
+# The suite runs many small tensor operations; one thread avoids oversubscription on shared CI cores.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _fresh_registry_and_seed():
