@@ -285,9 +285,11 @@ def _register_module(manager: pluggy.PluginManager, module: object, name: str) -
     a module with no marked hook at all, which would otherwise register nothing
     without a word.
     """
+    if manager.is_registered(module):
+        return f"its module {getattr(module, '__name__', module)!r} is already loaded by another nssm.plugins entry"
     try:
         manager.register(module, name=name)
-    except Exception as error:  # pluggy raises PluginValidationError or ValueError
+    except Exception as error:  # pluggy raises PluginValidationError for hook signatures that do not fit
         return f"invalid hook implementation: {type(error).__name__}: {error}"
     callers = manager.get_hookcallers(module) or []
     unknown = sorted(caller.name for caller in callers if caller.spec is None)
@@ -368,7 +370,7 @@ def load_plugins(
             candidates.append((name, distribution, lambda obj=obj: obj))
 
     registered_by: dict[tuple[PluginKind, str], str] = {}
-    for name, distribution, load in candidates:
+    for index, (name, distribution, load) in enumerate(candidates):
         if name in disabled or distribution in disabled:
             logger.info("plugin %r from %r is disabled by %s", name, distribution, DISABLE_ENV_VAR)
             continue
@@ -377,7 +379,9 @@ def load_plugins(
         except Exception as error:  # a broken plugin must not take the others down
             _record_failure(registry, name, distribution, f"import failed: {type(error).__name__}: {error}")
             continue
-        problem = _register_module(manager, module, name)
+        # Entry-point names need not be unique across distributions, so pluggy gets a unique one.
+        pluggy_name = f"{distribution}:{name}:{index}"
+        problem = _register_module(manager, module, pluggy_name)
         if problem is not None:
             _record_failure(registry, name, distribution, problem)
             continue
@@ -391,7 +395,7 @@ def load_plugins(
                 problem = f"invalid entry: {error}"
                 break
         if problem is not None:
-            manager.unregister(module, name=name)
+            manager.unregister(module, name=pluggy_name)
             _record_failure(registry, name, distribution, problem)
             continue
 

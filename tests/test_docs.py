@@ -6,8 +6,10 @@ without it the build tests are skipped, and the code examples still run.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import pkgutil
 import re
 import subprocess
 import sys
@@ -17,10 +19,6 @@ from pathlib import Path
 import pytest
 
 import nssm_core
-import nssm_core.analysis
-import nssm_core.checkpoint
-import nssm_core.hookspecs
-import nssm_core.testing
 from nssm_core import CoreSpec, LayerSpec, PluginKind, load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +85,13 @@ def test_api_documents_model_and_config(site):
 @needs_mkdocs
 def test_api_documents_every_public_name(site):
     ids = anchors(page(site, "api/nssm_core"))
-    modules = [nssm_core, nssm_core.testing, nssm_core.analysis, nssm_core.checkpoint, nssm_core.hookspecs]
-    for module in modules:
+    submodules = [
+        importlib.import_module(f"nssm_core.{info.name}")
+        for info in pkgutil.iter_modules(nssm_core.__path__)
+        if not info.name.startswith("_") and info.name != "cli"
+    ]
+    assert {"testing", "analysis", "checkpoint"} <= {module.__name__.rsplit(".", 1)[-1] for module in submodules}
+    for module in [nssm_core, *submodules]:
         for name in module.__all__:
             if name.startswith("__"):
                 continue

@@ -239,6 +239,24 @@ def test_good_plugin_builds_model_by_name():
     assert len(states) == 2
 
 
+def test_same_entry_name_in_two_distributions_loads_both():
+    first = make_plugin("first", nssm_register_cores=[core_entry("first_core")])
+    second = make_plugin("second", nssm_register_cores=[core_entry("second_core")])
+    registry, messages = load_quietly([("extra", "first-dist", first), ("extra", "second-dist", second)])
+    assert messages == []
+    assert registry.get(PluginKind.CORE, "first_core").distribution == "first-dist"
+    assert registry.get(PluginKind.CORE, "second_core").distribution == "second-dist"
+
+
+def test_module_listed_twice_is_reported():
+    plugin = make_plugin("twice", nssm_register_cores=[core_entry("once")])
+    registry, messages = load_quietly([("one", "dist-a", plugin), ("two", "dist-b", plugin)])
+    assert len(messages) == 1
+    assert "'two' from distribution 'dist-b'" in messages[0]
+    assert "already loaded by another nssm.plugins entry" in messages[0]
+    assert registry.get(PluginKind.CORE, "once").distribution == "dist-a"
+
+
 # Duplicates
 
 

@@ -7,6 +7,8 @@ A page marks a generated part with an HTML comment on a line of its own:
   each entry's options.
 * ``<!-- nssm:api nssm_core -->``: one mkdocstrings block per name in the
   module's ``__all__``.
+* ``<!-- nssm:modules nssm_core -->``: a section per public submodule, with
+  its docstring and one block per name in its ``__all__``.
 * ``<!-- nssm:cli -->``: the help text of ``nssm`` and of each subcommand.
 
 Generating these parts keeps them from drifting from the code: a new plugin
@@ -27,7 +29,12 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-_MARKER = re.compile(r"^<!-- nssm:(?P<what>catalogue|api|cli)(?: (?P<arg>[\w.]+))? -->$", re.MULTILINE)
+_MARKER = re.compile(r"^<!-- nssm:(?P<what>catalogue|api|modules|cli)(?: (?P<arg>[\w.]+))? -->$", re.MULTILINE)
+
+# Public submodules that the API pages leave out, with the reason.
+SKIPPED_MODULES = {
+    "nssm_core.cli": "the CLI reference page documents the commands",
+}
 
 BUILTIN_DISTRIBUTION = "nssm"
 
@@ -76,6 +83,8 @@ def _expand(match: re.Match[str]) -> str:
         return catalogue_markdown(argument)
     if what == "api":
         return api_markdown(argument)
+    if what == "modules":
+        return modules_markdown(argument)
     return cli_markdown()
 
 
@@ -162,6 +171,36 @@ def api_markdown(module_name: str | None) -> str:
             continue
         blocks.append(f"::: {module_name}.{name}\n")
     return "\n".join(blocks)
+
+
+def public_submodules(package_name: str) -> list[str]:
+    """Return the dotted names of ``package_name``'s public submodules, sorted, without the skipped ones."""
+    package = importlib.import_module(package_name)
+    names = []
+    for info in pkgutil.iter_modules(package.__path__):
+        name = f"{package_name}.{info.name}"
+        if not info.name.startswith("_") and name not in SKIPPED_MODULES:
+            names.append(name)
+    return sorted(names)
+
+
+def modules_markdown(package_name: str | None) -> str:
+    """Return a section per public submodule of ``package_name``: its docstring and its ``__all__`` names."""
+    if not package_name:
+        raise ValueError("nssm:modules needs a package name, for example <!-- nssm:modules nssm_core -->")
+    sections = []
+    for name in public_submodules(package_name):
+        sections += [
+            f"## `{name}`",
+            "",
+            f"::: {name}",
+            "    options:",
+            "      members: false",
+            "      show_root_heading: false",
+            "",
+            api_markdown(name),
+        ]
+    return "\n".join(sections)
 
 
 def cli_markdown() -> str:
