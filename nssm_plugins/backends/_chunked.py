@@ -30,6 +30,7 @@ from nssm_core import RecurrenceStructure
 __all__ = ["ChunkedOptions", "ChunkedScanBackend", "chunked_diagonal_scan"]
 
 DEFAULT_CHUNK = 64
+_GRADIENT_BLOCK = 1024  # time steps per partial sum of a time-invariant decay's gradient
 
 
 class ChunkedOptions(BaseModel):
@@ -129,14 +130,24 @@ def _run_adjoint(a: torch.Tensor, grad_states: torch.Tensor, chunk: int) -> torc
     return adjoint
 
 
-def _decay_gradient(product: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Reduce ``product`` (``(batch, time, d)``) to the gradient of decays ``a``, summing broadcast axes."""
+def _decay_gradient(adjoint: torch.Tensor, states: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Return the gradient of decays ``a`` from $\\mu_{k+1} \\bar x_k$, summed over broadcast axes.
+
+    Args:
+        adjoint: $\\mu_1 .. \\mu_T$, ``(batch, time, d)``.
+        states: $x_0 .. x_{T-1}$, ``(batch, time, d)``.
+        a: The decays, ``(d,)`` or ``(1 or batch, time, d)``.
+    """
     if a.ndim == 1:
-        grad = product.sum(dim=(0, 1))
-    elif a.shape[0] == 1 and product.shape[0] != 1:
-        grad = product.sum(dim=0, keepdim=True)
+        # Summed block by block, so no temporary as large as the sequence is allocated.
+        grad = torch.zeros_like(a)
+        for start in range(0, adjoint.shape[1], _GRADIENT_BLOCK):
+            block = slice(start, start + _GRADIENT_BLOCK)
+            grad += (adjoint[:, block] * states[:, block].conj()).sum(dim=(0, 1))
     else:
-        grad = product
+        grad = adjoint * states.conj()
+        if a.shape[0] == 1 and grad.shape[0] != 1:
+            grad = grad.sum(dim=0, keepdim=True)
     return grad if a.is_complex() else grad.real
 
 
@@ -167,7 +178,7 @@ class _DiagonalScan(torch.autograd.Function):
         grad_a = grad_b = grad_x0 = None
         later = adjoint[:, 1:]  # mu_{k+1} for k = 0 .. T-1
         if ctx.needs_input_grad[0]:
-            grad_a = _decay_gradient(later * states[:, :-1].conj(), a)
+            grad_a = _decay_gradient(later, states[:, :-1], a)
         if ctx.needs_input_grad[1]:
             grad_b = later
         if ctx.needs_input_grad[2]:
