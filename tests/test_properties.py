@@ -233,3 +233,46 @@ def test_model_certificate_flags_nan_core_weight():
     except ValueError:
         return  # reported as invalid
     assert not certificate.certificate.certified, f"NaN weight certified with bound {certificate.bound}"
+
+
+def test_hinf_norm_square_system():
+    # A square B once made linalg.solve read the last frequency chunk as vectors.
+    for n in (1, 3, 8):
+        a = 0.5 * torch.eye(n, dtype=torch.float64)
+        identity = torch.eye(n, dtype=torch.float64)
+        norm = hinf_norm(a, identity, identity, torch.zeros(n, n, dtype=torch.float64))
+        assert norm == pytest.approx(2.0, rel=1e-12)  # 1 / (1 - 0.5) at frequency 0
+
+
+def test_hinf_norm_nan_matrix_is_nan():
+    a = torch.tensor([[0.5, math.nan], [0.0, 0.5]], dtype=torch.float64)
+    identity = torch.eye(2, dtype=torch.float64)
+    assert math.isnan(hinf_norm(a, identity, identity, identity))
+
+
+def test_search_approaches_hinf_from_below():
+    core = get_registry().create(PluginKind.CORE, "l2n", CoreSpec(2, 2, 8)).double()
+    set_raw_parameters(core, "perturb", 0.5, 3)
+    with torch.no_grad():
+        norm = hinf_norm(*core.lti_matrices())
+    found = worst_case_gain(core, 2, 256, starts=4, steps=60, restarts=1)
+    assert found <= norm * (1 + 1e-9)
+    assert found >= 0.9 * norm
+
+
+def test_search_reports_nan_output():
+    def nan_after_first_step(u: torch.Tensor) -> torch.Tensor:
+        return torch.where(torch.arange(u.shape[1]).reshape(1, -1, 1) > 0, math.nan, u)
+
+    assert math.isnan(worst_case_gain(nan_after_first_step, 1, 8, starts=2, steps=3))
+
+
+def test_search_rejects_initial_of_wrong_width():
+    with pytest.raises(ValueError, match="initial must have shape"):
+        worst_case_gain(lambda u: u, 2, 8, initial=torch.zeros(3, 8, 1))
+
+
+def test_search_uses_data_windows():
+    windows = torch.randn(3, 10, 1, dtype=torch.float64)
+    found = worst_case_gain(lambda u: 0.5 * u, 1, initial=windows, steps=5, dtype=torch.float64)
+    assert found == pytest.approx(0.5, rel=1e-12)
