@@ -57,6 +57,12 @@ class UnderstatedLayer(LGLU):
         return torch.tensor(0.01, dtype=torch.float64)
 
 
+class OpaqueCore(L2N):
+    """An ``l2n`` core that hides its LTI realisation, so certify must search it."""
+
+    lti_matrices = None
+
+
 class ScaledIdentity(LayerBase):
     """The linear layer ``y = 0.5 x``: a true incremental bound of 0.5, for incremental models."""
 
@@ -86,7 +92,15 @@ class TestPlugin:
                 options=L2NOptions,
                 certificate=CertificateKind.INCREMENTAL,
                 structure=RecurrenceStructure.DIAGONAL,
-            )
+            ),
+            PluginEntry(
+                name="opaque_l2n",
+                kind=PluginKind.CORE,
+                factory=lambda spec, options: OpaqueCore(spec.d_input, spec.d_output, spec.d_state, gamma=0.5),
+                options=L2NOptions,
+                certificate=CertificateKind.INCREMENTAL,
+                structure=RecurrenceStructure.DIAGONAL,
+            ),
         ]
 
     @hookimpl
@@ -172,6 +186,31 @@ def test_certify_incremental_model_runs_incremental_search(tmp_path, capsys):
     assert report["certificate"]["kind"] == "incremental"
     methods = {check["method"] for check in report["checks"] if check["name"] == "model"}
     assert methods == {"search", "incremental search"}
+
+
+def test_certify_searches_core_without_realisation(tmp_path, capsys):
+    path, _ = save_model(tmp_path / "model.safetensors", param="opaque_l2n")
+    status, report = certify_json(capsys, path)
+    assert status == 0
+    methods = {check["method"] for check in report["checks"] if check["name"] == "block 0 core"}
+    assert methods == {"search", "incremental search"}
+
+
+def test_certify_stored_dtype(tmp_path, capsys):
+    path, _ = save_model(tmp_path / "model.safetensors")
+    status, report = certify_json(capsys, path, "--dtype", "stored")
+    assert status == 0
+    assert report["search"]["dtype"] == "stored"
+    assert report["model"]["dtype"] == "float32"
+    tolerances = {check["tolerance"] for check in report["checks"] if check["method"] == "search"}
+    assert tolerances == {1e-3}
+
+
+def test_certify_rejects_zero_length(tmp_path, capsys):
+    path, _ = save_model(tmp_path / "model.safetensors")
+    status = main(["certify", str(path), "--length", "0"])
+    assert status == 2
+    assert "--length must be a positive integer" in capsys.readouterr().err
 
 
 def test_certify_understated_core_fails(tmp_path, capsys):
