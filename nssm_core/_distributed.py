@@ -117,6 +117,7 @@ def init_distributed(device: str = "cpu", backend: str = "auto", init_method: st
     world_size = _environment_int("WORLD_SIZE", 1)
     rank = _environment_int("RANK", 0)
     local_rank = _environment_int("LOCAL_RANK", 0)
+    # NOTE: the cuda and nccl paths are written to torch's documented API but were only run on CPU.
     if device == "cuda":
         torch_device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(torch_device)

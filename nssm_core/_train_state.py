@@ -193,9 +193,9 @@ def load_train_state(path: str | os.PathLike[str]) -> TrainState:
             best_model=_decode(skeleton["best_model"], tensors, path),
             extra=json.loads(metadata["extra"]),
         )
+    except CheckpointError:
+        raise
     except (KeyError, TypeError, ValueError) as error:
-        if isinstance(error, CheckpointError):
-            raise
         raise CheckpointError(f"{path} has invalid training-checkpoint metadata: {error}") from error
     return state
 

@@ -384,6 +384,8 @@ def train(
     network: torch.nn.Module = model
     if context.distributed:
         device_ids = [context.device] if context.device.type == "cuda" else None
+        # NOTE: every built-in core and layer gives all its parameters a gradient; a plugin
+        # with unused parameters needs find_unused_parameters=True, which DDP's error names.
         network = DistributedDataParallel(model, device_ids=device_ids)
 
     def write_checkpoint(step: int, seconds: float) -> None:

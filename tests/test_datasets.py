@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nssm_core import DeepSSM
+from nssm_core._distributed import DistributedContext
 from nssm_core.checkpoint import load_checkpoint
 from nssm_core.cli import main
 from nssm_core.data import (
@@ -197,6 +198,10 @@ def test_train_rejects_bad_settings():
         train(model, records, epochs=2, washout=8, progress=False)
     with pytest.raises(ValueError, match="needs a checkpoint_path"):
         train(model, records, epochs=2, checkpoint_every=1, progress=False)
+    # Checked before any collective call, so no process group is needed.
+    three_processes = DistributedContext(rank=0, world_size=3)
+    with pytest.raises(ValueError, match="batch of 2 window"):
+        train(model, records, epochs=2, progress=False, context=three_processes)
 
 
 def test_cli_several_records_with_validation(tmp_path):
