@@ -326,6 +326,16 @@ def test_certify_data_windows(tmp_path, capsys):
     assert "model (data starts)" in names
 
 
+def test_certify_data_comma_separated_inputs(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = DeepSSM(2, 1, d_model=4, d_state=4, n_layers=1, param="l2n", ff="LGLU", gamma=2.0)
+    path = save_checkpoint(model, tmp_path / "model.safetensors")
+    data = write_csv(tmp_path / "data.csv", [(0.1 * t, 0.0, 1.0 - 0.1 * t) for t in range(20)])
+    status, report = certify_json(capsys, path, "--data", data, "--inputs", "u1,u2")
+    assert status == 0
+    assert report["search"]["data_windows"] == 2
+
+
 def test_certify_data_missing_column(tmp_path, capsys):
     path, _ = save_model(tmp_path / "model.safetensors")
     data = write_csv(tmp_path / "data.csv", [(1.0, 2.0, 3.0)] * 5)

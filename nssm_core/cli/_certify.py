@@ -109,7 +109,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
     parser.add_argument("--data", metavar="CSV", help="CSV file whose input windows start extra searches.")
     parser.add_argument(
-        "--inputs", nargs="+", metavar="COLUMN", help="Input column names in --data, one per model input channel."
+        "--inputs",
+        nargs="+",
+        metavar="COLUMN",
+        help="Input column names in --data, one per model input channel, separated by spaces or commas.",
     )
     parser.add_argument("--length", type=int, default=256, help="Time steps of the searched inputs. Default: 256.")
     parser.add_argument("--starts", type=int, default=8, help="Searches run side by side. Default: 8.")
@@ -117,6 +120,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--restarts", type=int, default=1, help="Extra search rounds. Default: 1.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the search. Default: 0.")
     parser.add_argument("--mode", default="scan", help="Scan backend the model runs with. Default: scan.")
+    parser.add_argument("--threads", type=int, help="torch CPU threads. Default: torch's own choice.")
     parser.add_argument(
         "--dtype",
         choices=("float64", "stored"),
@@ -139,12 +143,17 @@ def run_certify(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} must be a non-negative integer, got {getattr(args, name)}")
     if (args.data is None) != (args.inputs is None):
         raise ValueError("--data and --inputs go together: name the CSV file and its input columns")
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
 
     model, extra = load_checkpoint(args.checkpoint)
     windows = None
     if args.data is not None:
+        columns = [name for item in args.inputs for name in item.split(",") if name]
         windows = load_input_windows(
-            args.data, args.inputs, d_input=model.d_input, length=args.length, count=args.starts,
+            args.data, columns, d_input=model.d_input, length=args.length, count=args.starts,
             normalization=extra.get("normalization"),
         )
 
