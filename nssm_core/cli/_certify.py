@@ -107,6 +107,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="An nssm .safetensors checkpoint.")
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
+
     parser.add_argument("--data", metavar="CSV", help="CSV file whose input windows start extra searches.")
     parser.add_argument(
         "--inputs",
@@ -114,11 +115,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="COLUMN",
         help="Input column names in --data, one per model input channel, separated by spaces or commas.",
     )
+
     parser.add_argument("--length", type=int, default=256, help="Time steps of the searched inputs. Default: 256.")
     parser.add_argument("--starts", type=int, default=8, help="Searches run side by side. Default: 8.")
     parser.add_argument("--steps", type=int, default=100, help="Gradient steps per search round. Default: 100.")
     parser.add_argument("--restarts", type=int, default=1, help="Extra search rounds. Default: 1.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the search. Default: 0.")
+
     parser.add_argument("--mode", default="scan", help="Scan backend the model runs with. Default: scan.")
     parser.add_argument("--threads", type=int, help="torch CPU threads. Default: torch's own choice.")
     parser.add_argument(
