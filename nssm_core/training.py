@@ -36,6 +36,7 @@ __all__ = [
     "run_padded",
     "simulate",
     "train",
+    "valid_count",
 ]
 
 logger = logging.getLogger("nssm.training")
