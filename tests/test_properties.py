@@ -50,7 +50,7 @@ CERTIFIED_LAYERS = certified_names(PluginKind.LAYER)
 RAW_SCALES = [0.0, 1e-8, 1e-3, 0.5, 3.0, 50.0, 1e4]
 
 PROPERTY_SETTINGS = settings(
-    max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.filter_too_much]
+    max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.filter_too_much]
 )
 
 dtypes = st.sampled_from([torch.float32, torch.float64])
