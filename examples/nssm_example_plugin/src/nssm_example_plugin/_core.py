@@ -53,10 +53,14 @@ from nssm_core import (
     spectral_norm_upper,
 )
 
-__all__ = ["MAX_DECAY", "RealDiagonal", "RealDiagonalOptions", "build_realdiag"]
+__all__ = ["MAX_DECAY", "MIN_PEAK", "RealDiagonal", "RealDiagonalOptions", "build_realdiag"]
 
 MAX_DECAY = 0.999
 """Largest decay $a_{max}$: it keeps $1 - a_j \\ge 10^{-3}$, so $g_j$ stays finite in float32."""
+
+
+MIN_PEAK = 1e-8
+"""Floor of $\\max_j g_j$ in the output scale, so $s \\le \\gamma \\cdot 10^8$ stays finite in float32."""
 
 
 # --8<-- [start:RealDiagonalOptions]
@@ -160,9 +164,15 @@ class RealDiagonal(CoreBase):
         return d.abs() + (b * c).abs() / (1.0 - a.abs())
 
     def output_scale(self) -> torch.Tensor:
-        """Return $s = \\gamma / \\max_j g_j$, shrunk by the round-off margin, in the parameters' dtype."""
+        """Return $s = \\gamma / \\max(\\max_j g_j, g_{min})$, shrunk by the round-off margin, in the parameters' dtype.
+
+        The floor $g_{min}$ = ``MIN_PEAK`` keeps $s$ finite when every $g_j$
+        is 0 (for example all of $b, c, d$ zero), where $\\gamma / 0$ would
+        make $0 \\cdot \\infty$ = NaN outputs. A larger denominator only
+        lowers the gain, so the bound still holds.
+        """
         dtype = self.b.dtype
-        peak = self.channel_bounds().max().clamp_min(1e-300) * (1.0 + safety_margin(dtype))
+        peak = self.channel_bounds().max().clamp_min(MIN_PEAK) * (1.0 + safety_margin(dtype))
         scale = self.gamma.to(torch.float64) / peak * (1.0 - safety_margin(dtype))
         return scale.to(dtype)
 
