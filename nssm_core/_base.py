@@ -180,6 +180,9 @@ class CoreBase(nn.Module):
         if value is None or self.certificate_kind is CertificateKind.NONE or not bool(torch.isfinite(value)):
             # A NaN or inf bound (from NaN or inf parameters) certifies nothing.
             return Certificate.uncertified()
+        if not all(bool(torch.isfinite(tensor).all()) for tensor in self.state_dict().values()):
+            # Finite bound, non-finite weights: the outputs are NaN or inf, so nothing is certified.
+            return Certificate.uncertified()
         return Certificate(float(value), self.certificate_kind)
 
 
@@ -208,5 +211,8 @@ class LayerBase(nn.Module):
             value = self.bound()
         if value is None or self.certificate_kind is CertificateKind.NONE or not bool(torch.isfinite(value)):
             # A NaN or inf bound (from NaN or inf parameters) certifies nothing.
+            return Certificate.uncertified()
+        if not all(bool(torch.isfinite(tensor).all()) for tensor in self.state_dict().values()):
+            # Finite bound, non-finite weights: the outputs are NaN or inf, so nothing is certified.
             return Certificate.uncertified()
         return Certificate(float(value), self.certificate_kind)

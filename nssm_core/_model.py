@@ -300,6 +300,12 @@ class DeepSSM(nn.Module):
         kind = self.certificate_kind
         natural = self._natural_bound()
         bound: float | None = None
+        # A bound read from a few parameters (such as a core's gamma) can look valid while other
+        # weights are NaN or inf, and such a model's outputs are not bounded by anything.
+        invalid = [name for name, tensor in self.state_dict().items() if not bool(torch.isfinite(tensor).all())]
+        if invalid:
+            notes.append(f"parameters with NaN or inf values: {', '.join(invalid)}")
+            kind = CertificateKind.NONE
         if kind is not CertificateKind.NONE and natural is not None:
             total = natural * (1.0 if scale is None else scale.double().abs())
             bound = float(total)

@@ -120,3 +120,14 @@ def test_nan_core_parameter_not_certified():
     assert report.kind == "none"
     assert report.bound is None
     assert any("NaN or inf" in note for note in report.notes)
+
+
+@pytest.mark.parametrize(("module_path", "name"), [("blocks.0.layer", "gain_raw"), ("blocks.1.core", "K21")])
+def test_inf_weight_not_certified(module_path, name):
+    model = _certified_model()
+    with torch.no_grad():
+        getattr(model.get_submodule(module_path), name).view(-1)[0] = float("inf")
+    report = model.certificate()
+    assert report.kind == "none"
+    assert report.bound is None
+    assert any(f"{module_path}.{name}" in note for note in report.notes)
