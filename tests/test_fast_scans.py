@@ -18,11 +18,11 @@ from nssm_plugins.backends._chunked import chunked_diagonal_scan
 TOLERANCE = 1e-10  # float64, relative to max(1, largest magnitude)
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, tolerance: float = TOLERANCE) -> None:
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, description: str, tolerance: float = TOLERANCE) -> None:
     actual, expected = actual.detach(), expected.detach()
     scale = max(1.0, float(expected.abs().max()))
     error = float((actual - expected).abs().max())
-    assert error <= tolerance * scale, f"{what}: max abs error {error:.3e} exceeds {tolerance:g} x {scale:.3e}"
+    assert error <= tolerance * scale, f"{description}: max abs error {error:.3e} exceeds {tolerance:g} x {scale:.3e}"
 
 
 def random_decays(
@@ -68,8 +68,8 @@ def sequential_gradients(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of Re(sum(weights * states)) by the adjoint recurrence, one step after the other, in NumPy.
 
-    The adjoint is mu_T = conj(w_T) and mu_k = conj(w_k) + conj(a_k) mu_{k+1}; PyTorch's convention for a
-    real loss L of complex z is dL/dRe(z) + i dL/dIm(z), which for L = Re(w z) is conj(w).
+    The adjoint is mu_T = conj(w_T) and mu_k = conj(w_k) + conj(a_k) mu_{k+1}. PyTorch's gradient of a
+    real loss L with respect to a complex z is dL/dRe(z) + i dL/dIm(z), which is conj(w) for L = Re(w z).
     """
     steps = states.shape[1] - 1
     seeds = np.conj(weights)

@@ -1,25 +1,34 @@
 """The ``chunked`` backend: diagonal recurrences evaluated chunk by chunk.
 
 The $T$ steps of $x_{t+1} = a_t \\odot x_t + b_t$ are cut into $C$ chunks of
-$L$ steps. For all chunks at once, $L$ vectorised steps compute the local
-states from a zero start, $h_k = a_k h_{k-1} + b_k$, and the decay products
-$P_k = a_k a_{k-1} \\cdots a_0$ (both inside one chunk). The state $s_c$
-entering chunk $c$ then obeys $s_{c+1} = P_{L-1} s_c + h_{L-1}$, a diagonal
-recurrence of $C$ steps that is solved by the same method, and every state is
-$x = h + P s$. The work is $O(T)$ in about $L \\log_L T$ Python-level steps.
+$L$ steps, and three stages run on all chunks at once:
+
+1. $L$ vectorised steps give each chunk's end value from a zero start,
+   $e_c$, and its decay product $P_c = a_{cL+L-1} \\cdots a_{cL}$.
+2. The state entering chunk $c$ obeys $s_{c+1} = P_c s_c + e_c$, a diagonal
+   recurrence of $C$ steps, solved by the same method (recursively).
+3. $L$ more vectorised steps run every chunk from its entering state and write
+   the states directly into the output.
+
+The work is $O(T)$ in about $2 L \\log_L T$ Python-level steps, and the
+drives are read twice and the states written once.
 
 Only products of decays are formed, never $a^{-t}$ and never a division, so
-decays of exactly 0, moduli of $10^{-6}$ and sequences of $10^5$ steps stay
-exact to round-off.
+decays of exactly 0, moduli of $10^{-6}$ and sequences of $10^5$ steps keep
+full accuracy (the tests compare with a sequential reference to 1e-10 in
+float64).
 
 The gradient is computed by a custom :class:`torch.autograd.Function`. The
 adjoint $\\mu_k = \\partial L / \\partial x_k$ satisfies
 $\\mu_T = g_T$ and $\\mu_k = g_k + \\bar a_k \\mu_{k+1}$, which is the same
 kind of recurrence run backwards in time, so the backward pass reuses the
-forward scan and stores only the decays and the states.
+scan and stores only the decays and the states. It supports first-order
+gradients only (double backward raises).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -39,7 +48,7 @@ class ChunkedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     chunk_size: int = Field(
-        DEFAULT_CHUNK, ge=2, description="Steps per chunk; sequences up to this length run step by step."
+        DEFAULT_CHUNK, ge=2, description="Maximum steps per chunk; a sequence of T steps uses min(chunk_size, sqrt(T))."
     )
 
 
@@ -58,11 +67,13 @@ def _scan_into(
         a: ``(d,)`` or ``(1 or batch, time, d)``, of ``out``'s dtype.
         b: ``(batch, time, d)``, of ``out``'s dtype.
         boundary: ``(batch, d)``, the state before the first step taken.
-        chunk: Steps per chunk.
+        chunk: Maximum steps per chunk.
         reverse: Run backwards in time.
     """
     batch, steps, width = b.shape
     time_varying = a.ndim == 3
+    # Chunks of about sqrt(steps) keep short sequences from running almost step by step.
+    chunk = min(chunk, max(2, math.isqrt(steps)))
     chunks = steps // chunk if steps >= 2 * chunk else 0
     covered = chunks * chunk
     # The chunks cover the steps taken first; the remaining steps run one by one afterwards.
