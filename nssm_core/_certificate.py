@@ -4,8 +4,9 @@ A certificate is a proven upper bound on a gain of a causal map started from
 the zero state:
 
 * ``gain``: $\\|y\\|_2 \\le \\gamma \\|u\\|_2$ for every input sequence.
-* ``incremental``: $\\|G(u_1) - G(u_2)\\|_2 \\le \\gamma \\|u_1 - u_2\\|_2$.
-  For linear maps the two coincide.
+* ``incremental``: $\\|G(u_1) - G(u_2)\\|_2 \\le \\gamma \\|u_1 - u_2\\|_2$ and
+  $G(0) = 0$, so it implies the ``gain`` bound. For linear maps the two
+  coincide. A map with $G(0) \\ne 0$ must not declare this kind.
 * ``none``: no bound.
 
 Series composition multiplies bounds, a residual block ``x + F(G(x))`` has

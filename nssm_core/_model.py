@@ -140,6 +140,16 @@ class DeepSSM(nn.Module):
         )
         self.decoder = nn.Linear(d_model, d_output, bias=False)
         self._carried_states: list[torch.Tensor] | None = None
+        if config.gamma is not None:
+            # The registry entries passed the config check, but an instance may still opt out
+            # (for example a layer built with options that void its bound).
+            first = self.blocks[0]
+            for part, module, name in (("core", first.core, config.param), ("layer", first.layer, config.ff)):
+                if module.certificate_kind is CertificateKind.NONE:
+                    raise ValueError(
+                        f"gamma={config.gamma} asks for a certified model, but the {part} {name!r} built with "
+                        f"these options has no certified bound; change its options or set gamma=None"
+                    )
 
     @property
     def gamma(self) -> float | None:

@@ -233,8 +233,9 @@ def test_uncentered_layer_bounds_differences_only(name):
     assert float(offset.norm()) > 0
     # f(0) != 0, so no plain gain bound holds near the origin ...
     assert plain_ratio > declared_bound(layer)
-    # ... but the incremental bound still does.
+    # ... but the incremental bound still does, and the layer declares no certificate.
     assert check_layer_bound(layer, D_MODEL, incremental=True) <= 1.0 + 1e-6
+    assert not layer.certificate().certified
 
 
 @pytest.mark.parametrize("name", CERTIFIED)
@@ -256,12 +257,11 @@ def test_deep_ssm_certificate_with_layer(name):
         assert 0 < worst <= 2.0, f"{name}: worst-case ratio {worst} (incremental={incremental})"
 
 
-def test_deep_ssm_uncentered_lmlp_keeps_incremental_bound():
-    torch.manual_seed(0)
-    model = DeepSSM(1, 1, param="l2n", ff="LMLP", gamma=2.0, layer_options={"centered": False}).double()
-    assert model.certificate().kind == "incremental"
-    worst = worst_case_gain(model, 1, length=16, starts=4, steps=40, incremental=True)
-    assert worst <= 2.0
+def test_deep_ssm_rejects_uncentered_lmlp():
+    with pytest.raises(ValueError, match=r"layer 'LMLP'.*no certified bound"):
+        DeepSSM(1, 1, param="l2n", ff="LMLP", gamma=2.0, layer_options={"centered": False})
+    model = DeepSSM(1, 1, param="l2n", ff="LMLP", layer_options={"centered": False}).double()
+    assert model.certificate().kind == "none"
     # A zero input gives a non-zero output, so ||y|| / ||u|| is unbounded as u shrinks.
     small = 1e-8 * torch.randn(1, 16, 1, dtype=torch.float64)
     with torch.no_grad():

@@ -230,10 +230,9 @@ class LMLP(LayerBase):
     as a plain gain bound, and that is only true when every block maps 0 to 0. With ``centered=True`` (the
     default) each sandwich layer subtracts its value at 0, a constant that
     leaves the Lipschitz constant unchanged, so $f(0) = 0$ and
-    $\\|f(x)\\| \\le L \\|x\\|$ holds too. With ``centered=False`` only the
-    incremental statement holds: a ``DeepSSM`` built on it bounds
-    $\\|y_1 - y_2\\|$ by $\\gamma \\|u_1 - u_2\\|$, but $\\|y\\|$ is not bounded
-    by $\\gamma \\|u\\|$.
+    $\\|f(x)\\| \\le L \\|x\\|$ holds too. With ``centered=False`` only output
+    differences are bounded, which no certificate kind expresses, so the layer
+    declares no certificate and a ``DeepSSM`` with ``gamma`` rejects it.
 
     Args:
         d_model: Input and output channels.
@@ -253,6 +252,10 @@ class LMLP(LayerBase):
         self.d_hidden = d_hidden
         self.scale = float(scale)
         self.centered = centered
+        if not centered:
+            # f(0) != 0 bounds output differences only, and an incremental certificate also
+            # promises ||f(x)|| <= L ||x||, so an uncentered layer certifies nothing.
+            self.certificate_kind = CertificateKind.NONE
         widths = [d_model] + [d_hidden] * nl_layers
         self.hidden = nn.ModuleList(SandwichLayer(widths[i], widths[i + 1]) for i in range(nl_layers))
         self.output = SandwichLayer(d_hidden, d_model, activation=False)
@@ -283,6 +286,7 @@ class TLIP(LayerBase):
     same consequence as for :class:`LMLP`: only output differences are
     bounded. With ``centered=True`` (the default) each hidden layer subtracts
     its value at 0, $g(b_i)$, so $f(0) = 0$ and the bound is a gain bound too.
+    With ``centered=False`` the layer declares no certificate.
 
     Args:
         d_model: Input and output channels.
@@ -303,6 +307,10 @@ class TLIP(LayerBase):
         self.d_hidden = d_hidden
         self.scale = float(scale)
         self.centered = centered
+        if not centered:
+            # f(0) != 0 bounds output differences only, and an incremental certificate also
+            # promises ||f(x)|| <= L ||x||, so an uncentered layer certifies nothing.
+            self.certificate_kind = CertificateKind.NONE
         widths = [d_model] + [d_hidden] * nl_layers + [d_model]
         self.weights = nn.ParameterList()
         for d_in, d_out in zip(widths[:-1], widths[1:]):
