@@ -229,12 +229,13 @@ def choose_layer(old_python: Path) -> str:
     return "LGLU"
 
 
-def median_result(results: list[dict[str, Any]]) -> dict[str, Any]:
+def fastest_result(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine the rounds of one case: the fastest time and the largest peak memory."""
     good = [r for r in results if "error" not in r]
     if not good:
         return results[0] if results else {"error": "not run"}
     return {
-        "seconds": statistics.median(r["seconds"] for r in good),
+        "seconds": min(r["seconds"] for r in good),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in good),
         "rounds": len(good),
     }
@@ -276,8 +277,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         outcome = run_worker(python, {**base, "library": library}, args.timeout)
                         per_library[library].append(outcome)
                         print(f"  {core:4s} T={length:6d} {task:8s} {library:10s} {outcome}", file=sys.stderr, flush=True)
-                row["nssm"] = median_result(per_library["nssm"]) if in_nssm else {"error": "core not in nssm"}
-                row["neural_ssm"] = {"error": old_skip} if old_skip else median_result(per_library["neural_ssm"])
+                row["nssm"] = fastest_result(per_library["nssm"]) if in_nssm else {"error": "core not in nssm"}
+                row["neural_ssm"] = {"error": old_skip} if old_skip else fastest_result(per_library["neural_ssm"])
                 if in_nssm:
                     floor = run_worker(Path(sys.executable), {**base, "library": "floor"}, args.timeout)
                     print(f"  {core:4s} T={length:6d} {task:8s} floor      {floor}", file=sys.stderr, flush=True)
@@ -306,8 +307,8 @@ def render(results: dict[str, Any]) -> str:
     """Return the results as markdown tables."""
     lines = [
         f"Static layer {results['layer']}, nssm mode={results['mode']!r}, neural-ssm mode='scan', "
-        f"{results['threads']} threads, {results['clock']} clock. Times in seconds (median over rounds of the fastest "
-        "repeat); "
+        f"{results['threads']} threads, {results['clock']} clock. Times in seconds, the fastest timed run over all "
+        "rounds; "
         "peak memory is the worker's maximum resident set in MB.",
         "",
         "| core | steps | task | nssm s | neural-ssm s | speed-up | floor s | nssm / floor | nssm MB | neural-ssm MB | memory ratio |",
