@@ -58,7 +58,7 @@ def _scan_into(
     """Write the solution of a diagonal recurrence over ``time`` steps into ``out``.
 
     Forward (``reverse=False``): ``out[:, t] = a_t * out[:, t - 1] + b_t`` with
-    ``out[:, -1]`` read as ``boundary``, so ``out`` holds $x_1 .. x_T$.
+    ``out[:, -1]`` read as ``boundary``, so ``out`` contains $x_1 .. x_T$.
     Backward in time (``reverse=True``): ``out[:, t] = a_t * out[:, t + 1] + b_t``
     with ``out[:, time]`` read as ``boundary``.
 
