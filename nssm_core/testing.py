@@ -55,7 +55,7 @@ def check_core_equivalence(
     make_core: Callable[[], nn.Module],
     d_input: int,
     *,
-    modes: Sequence[str] = ("scan",),
+    modes: Sequence[str] = ("scan", "assoc"),
     reference: str = "loop",
     dtypes: Iterable[torch.dtype] = (torch.float64, torch.float32),
     batches: Iterable[int] = (1, 3),

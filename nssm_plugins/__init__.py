@@ -5,7 +5,7 @@ They register through the ``nssm.plugins`` entry point (module
 package registers nothing.
 """
 
-from .backends import LoopBackend, ParallelScanBackend
+from .backends import DefaultScanBackend, LoopBackend, ParallelScanBackend
 from .cores import (
     L2N,
     L2NT,
@@ -41,6 +41,7 @@ __all__ = [
     "LRUOptions",
     "LoopBackend",
     "MLP",
+    "DefaultScanBackend",
     "ParallelScanBackend",
     "PureLRUR",
     "SimpleRNN",

@@ -8,9 +8,9 @@ from pydantic import ValidationError
 from nssm_core import DeepSSM, PluginError, PluginKind, SSMConfig, get_registry
 
 BUILT_INS = {
-    PluginKind.CORE: {"lru", "l2n"},
-    PluginKind.LAYER: {"GLU", "LGLU"},
-    PluginKind.BACKEND: {"loop", "scan"},
+    PluginKind.CORE: {"lru", "l2n", "tv", "l2ru", "zak", "l2nt"},
+    PluginKind.LAYER: {"GLU", "MLP", "LGLU", "LMLP", "TLIP"},
+    PluginKind.BACKEND: {"loop", "scan", "assoc", "chunked"},
 }
 
 

@@ -2,6 +2,6 @@
 
 from ._chunked import ChunkedScanBackend
 from ._loop import LoopBackend
-from ._scan import ParallelScanBackend
+from ._scan import DefaultScanBackend, ParallelScanBackend
 
-__all__ = ["ChunkedScanBackend", "LoopBackend", "ParallelScanBackend"]
+__all__ = ["ChunkedScanBackend", "DefaultScanBackend", "LoopBackend", "ParallelScanBackend"]

@@ -6,7 +6,7 @@ from nssm_core import PluginEntry, PluginKind
 
 from ._chunked import ChunkedOptions, ChunkedScanBackend
 from ._loop import LoopBackend
-from ._scan import ParallelScanBackend
+from ._scan import DefaultScanBackend, ParallelScanBackend
 
 
 def backend_entries() -> list[PluginEntry]:
@@ -21,8 +21,14 @@ def backend_entries() -> list[PluginEntry]:
         PluginEntry(
             name="scan",
             kind=PluginKind.BACKEND,
+            factory=lambda options: DefaultScanBackend(),
+            description="Default: the fastest measured method per structure (chunked diagonal and dense scans).",
+        ),
+        PluginEntry(
+            name="assoc",
+            kind=PluginKind.BACKEND,
             factory=lambda options: ParallelScanBackend(),
-            description="Log-depth associative scan in pure PyTorch.",
+            description="Log-depth associative scan of diagonal recurrences; supports double backward.",
         ),
         PluginEntry(
             name="chunked",
