@@ -106,14 +106,18 @@ def resolve_backend(mode: str | ScanBackend, structure: RecurrenceStructure) -> 
 class CoreBase(nn.Module):
     """Convenience base class for dynamic cores.
 
-    Subclasses set ``structure`` and ``certificate_kind``, and implement
-    :meth:`run` and :meth:`bound`. :meth:`forward` validates the input,
+    Subclasses set ``structure`` and ``certificate_kind`` (and, where a
+    storage function proves one, ``initial_state_gain``: a constant $c$ with
+    $\\|y\\| \\le \\gamma \\|u\\| + c \\|x_0\\|$), and implement :meth:`run`
+    and :meth:`bound`. :meth:`forward` validates the input,
     the state and the mode before calling :meth:`run`.
     """
 
     structure: RecurrenceStructure = RecurrenceStructure.DIAGONAL
     certificate_kind: CertificateKind = CertificateKind.NONE
     complex_state: bool = False
+    # A constant c with ||y|| <= bound * ||u|| + c * ||x_0|| for every input, when the core has one.
+    initial_state_gain: float | None = None
 
     def __init__(self, d_input: int, d_output: int, d_state: int) -> None:
         super().__init__()

@@ -195,6 +195,14 @@ class ModelCertificate:
             product of the block factors, encoder, decoder and decoder scale
             is ``bound`` (up to float64 round-off, rounded up).
         notes: Reasons the model is uncertified, if any.
+        initial_state_gains: For a model with learned initial states, one
+            coefficient $c_i$ per block such that
+            $\\|y\\|_2 \\le \\text{bound} \\, \\|u\\|_2 + \\sum_i c_i \\|x_{0,i}\\|_2$
+            for every input, where $x_{0,i}$ is block $i$'s initial state;
+            ``None`` when the model has no learned initial states or a core
+            declares no bound on its free response.
+        transient_bound: $\\sum_i c_i \\|x_{0,i}\\|_2$ for the learned initial
+            states: the largest output norm the initial states can add.
     """
 
     prescribed_gamma: float | None
@@ -202,6 +210,8 @@ class ModelCertificate:
     kind: str
     factors: list[CertificateFactor] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    initial_state_gains: list[float] | None = None
+    transient_bound: float | None = None
 
     @property
     def certificate(self) -> Certificate:
@@ -226,4 +236,6 @@ class ModelCertificate:
             kind=data["kind"],
             factors=factors,
             notes=list(data.get("notes", [])),
+            initial_state_gains=data.get("initial_state_gains"),
+            transient_bound=data.get("transient_bound"),
         )

@@ -53,6 +53,10 @@ class SSMConfig(BaseModel):
     random_phase: bool = Field(True, description="Draw initial angles at random rather than evenly spaced.")
     offdiag_scale: float = Field(0.1, ge=0.0, description="Std of the initial off-diagonal blocks of K (l2n).")
     init: str = Field("random", description="Initialisation scheme name, interpreted by the core.")
+    learn_initial_state: bool = Field(
+        False,
+        description="Learn one initial state per block, used when no state is passed (real-state cores only).",
+    )
     core_options: dict[str, Any] = Field(
         default_factory=dict, description="Extra options of the core, validated by its options model."
     )

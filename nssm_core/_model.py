@@ -140,6 +140,17 @@ class DeepSSM(nn.Module):
         )
         self.decoder = nn.Linear(d_model, d_output, bias=False)
         self._carried_states: list[torch.Tensor] | None = None
+        self.initial_states: nn.ParameterList | None = None
+        if config.learn_initial_state:
+            complex_cores = [block.core for block in self.blocks if getattr(block.core, "complex_state", False)]
+            if complex_cores:
+                raise ValueError(
+                    f"learn_initial_state=True needs cores with real states, but {config.param!r} has complex "
+                    "states; choose a real-state core such as 'l2n', 'l2nt' or 'tv', or set learn_initial_state=False"
+                )
+            self.initial_states = nn.ParameterList(
+                nn.Parameter(torch.zeros(block.core.d_state)) for block in self.blocks
+            )
         if config.gamma is not None:
             # The registry entries passed the config check, but an instance may still opt out
             # (for example a layer built with options that void its bound).
@@ -194,6 +205,12 @@ class DeepSSM(nn.Module):
             rounded = rounded - (rounded.detach() - torch.nextafter(rounded.detach(), torch.zeros_like(rounded)))
         return rounded
 
+    def zero_states(
+        self, batch: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> list[torch.Tensor]:
+        """Return one zero state per block, ``(batch, d_state)`` each, to run the model from rest."""
+        return [block.core.initial_state(batch, dtype=dtype, device=device) for block in self.blocks]
+
     def reset(self) -> None:
         """Forget the states carried from the previous call (used with ``reset_state=False``)."""
         self._carried_states = None
@@ -212,7 +229,8 @@ class DeepSSM(nn.Module):
             u: Input ``(batch, time, d_input)``; ``(time, d_input)`` and
                 ``(d_input,)`` are promoted to 3-D.
             state: One initial state per block, each ``(batch, d_state)``, for
-                example the ``states`` of a previous call; zero states when ``None``.
+                example the ``states`` of a previous call. When ``None``: the
+                learned initial states with ``learn_initial_state=True``, else zero states.
             mode: Name of a registered scan backend (``"scan"``, ``"loop"``, ...).
             reset_state: With ``state=None``, ``True`` starts from zero states and
                 ``False`` continues from the final states of the previous call.
@@ -233,6 +251,8 @@ class DeepSSM(nn.Module):
         if state is None and not reset_state and self._carried_states is not None:
             if self._carried_states[0].shape[0] == u.shape[0]:
                 state = self._carried_states
+        if state is None and self.initial_states is not None:
+            state = [initial.to(u.dtype).expand(u.shape[0], -1) for initial in self.initial_states]
         if state is None:
             state = [None] * len(self.blocks)
         elif isinstance(state, torch.Tensor) or len(state) != len(self.blocks):
@@ -322,9 +342,44 @@ class DeepSSM(nn.Module):
             if not math.isfinite(bound):
                 notes.append("the bound is not finite: a parameter is NaN or inf")
                 kind, bound = CertificateKind.NONE, None
+        gains, transient = self._initial_state_terms(kind, scale, notes)
         return ModelCertificate(
-            prescribed_gamma=self.gamma, bound=bound, kind=kind.value, factors=factors, notes=notes
+            prescribed_gamma=self.gamma,
+            bound=bound,
+            kind=kind.value,
+            factors=factors,
+            notes=notes,
+            initial_state_gains=gains,
+            transient_bound=transient,
         )
+
+    def _initial_state_terms(
+        self, kind: CertificateKind, scale: torch.Tensor | None, notes: list[str]
+    ) -> tuple[list[float] | None, float | None]:
+        """Return the coefficients $c_i$ of the initial states and $\\sum_i c_i \\|x_{0,i}\\|$.
+
+        Core $i$ gives $\\|\\text{core}(x)\\| \\le \\gamma_i \\|x\\| + g_i \\|x_{0,i}\\|$
+        (``initial_state_gain``), its layer multiplies that by $L_i$ and the
+        blocks after it by $b_j$, so
+        $c_i = \\sigma(D)\\, s \\prod_{j > i} b_j \\, L_i \\, g_i$.
+        """
+        if self.initial_states is None or kind is CertificateKind.NONE:
+            return None, None
+        free_gains = [getattr(block.core, "initial_state_gain", None) for block in self.blocks]
+        if any(gain is None for gain in free_gains):
+            notes.append(f"core {self.config.param!r} declares no initial_state_gain, so the transient is unbounded")
+            return None, None
+        tail = spectral_norm_upper(self.decoder.weight) * (1.0 if scale is None else scale.double().abs())
+        gains: list[float] = [0.0] * len(self.blocks)
+        for index in reversed(range(len(self.blocks))):
+            block = self.blocks[index]
+            gains[index] = float(tail * block.layer.bound() * free_gains[index])
+            tail = tail * block.bound()
+        transient = sum(
+            gain * float(torch.linalg.vector_norm(initial.double()))
+            for gain, initial in zip(gains, self.initial_states)
+        )
+        return gains, transient
 
     @staticmethod
     def _factor(name: str, value: torch.Tensor, kind: CertificateKind) -> CertificateFactor:

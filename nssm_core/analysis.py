@@ -112,7 +112,13 @@ def hinf_norm(
 
 
 def _call(model: Callable[[torch.Tensor], object], u: torch.Tensor) -> torch.Tensor:
-    out = model(u)
+    from ._model import DeepSSM
+
+    if isinstance(model, DeepSSM) and model.initial_states is not None:
+        # Gain certificates hold from the zero state; learned initial states add a separate transient.
+        out = model(u, state=model.zero_states(u.shape[0], dtype=u.dtype, device=u.device))
+    else:
+        out = model(u)
     return out[0] if isinstance(out, tuple) else out  # DeepSSM and cores return (y, states)
 
 
@@ -280,6 +286,8 @@ def worst_case_gain(
     Args:
         model: A :class:`~nssm_core.DeepSSM`, a core, or any callable mapping
             ``(batch, time, d_input)`` to an output (or an ``(output, states)`` tuple).
+            A ``DeepSSM`` with learned initial states is run from zero states,
+            where its gain certificate applies.
         d_input: Input channels.
         length: Length of the searched sequences.
         starts: Number of searches run side by side.

@@ -323,6 +323,7 @@ def _write_results(
         "constant_mean_test_rmse": rmse(mean_prediction, target),
         "prescribed_gamma": config.gamma,
         "certified_gain_bound": certificate.bound,
+        "initial_state_transient_bound": certificate.transient_bound,
         "certificate_kind": certificate.kind,
         "empirical_gain_lower_bound": empirical,
         "train_seconds": result.seconds,

@@ -74,6 +74,8 @@ class L2NT(CoreBase):
 
     structure = RecurrenceStructure.DENSE
     certificate_kind = CertificateKind.INCREMENTAL
+    # Storage ||z||^2 gives ||y||^2 <= gamma^2 ||u||^2 + ||z_0||^2, so ||y|| <= gamma ||u|| + ||z_0||.
+    initial_state_gain = 1.0
 
     def __init__(
         self,

@@ -102,6 +102,8 @@ class TV(CoreBase):
 
     structure = RecurrenceStructure.DIAGONAL
     certificate_kind = CertificateKind.GAIN
+    # Storage ||z||^2 gives ||y||^2 <= gamma^2 ||u||^2 + ||z_0||^2, so ||y|| <= gamma ||u|| + ||z_0||.
+    initial_state_gain = 1.0
 
     def __init__(
         self,
