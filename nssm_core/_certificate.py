@@ -144,7 +144,7 @@ def spectral_norm_upper(weight: torch.Tensor) -> torch.Tensor:
         weight: A matrix of shape ``(m, n)``, real or complex.
 
     Returns:
-        A 0-d float64 tensor; NaN when ``weight`` holds NaN or inf.
+        A 0-d float64 tensor; NaN when ``weight`` contains NaN or inf.
     """
     if weight.ndim != 2:
         raise ValueError(f"expected a matrix, got a tensor of shape {tuple(weight.shape)}")

@@ -19,8 +19,8 @@ class SSMConfig(BaseModel):
 
     The flat fields keep the names of the older ``neural-ssm`` library. A
     field is passed to the chosen core or layer when that plugin's options
-    model has a field of the same name, and it is validated there; other
-    plugin-specific options go in ``core_options`` and ``layer_options``.
+    model has a field of the same name, and that model validates it.
+    Other plugin-specific options go in ``core_options`` and ``layer_options``.
 
     Example:
         >>> from nssm_core import SSMConfig

@@ -90,7 +90,7 @@ class DeepSSM(nn.Module):
     Lipschitz constant, for incremental certificates) is at most ``gamma``
     whatever the trained parameters. A certificate is a statement about eval
     mode, where dropout is the identity, and about the normalised signals the
-    model sees.
+    model receives.
 
     Args:
         d_input: Input channels.

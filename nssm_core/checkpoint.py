@@ -1,6 +1,6 @@
 """Model checkpoints: weights in safetensors with the config as JSON metadata.
 
-A checkpoint is one ``.safetensors`` file. Its metadata holds the model's
+A checkpoint is one ``.safetensors`` file. Its metadata contains the model's
 :class:`~nssm_core.SSMConfig`, the input and output widths and any extra
 JSON (for example normalisation statistics), so loading it never runs code.
 Files are written to a temporary file and renamed, so a failure leaves any

@@ -121,7 +121,7 @@ def load_csv_columns(path: str | Path, columns: list[str]) -> dict[str, torch.Te
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If a column is missing or holds a value that is not a number.
+        ValueError: If a column is missing or contains a value that is not a number.
     """
     path = Path(path)
     if not path.is_file():
@@ -236,7 +236,7 @@ def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> torch.Ten
         raise ValueError(f"{path}: array {key!r} has dtype {array.dtype}, expected numbers")
     tensor = torch.from_numpy(np.asarray(array, dtype=np.float64))
     if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{path}: array {key!r} holds NaN or infinite values")
+        raise ValueError(f"{path}: array {key!r} contains NaN or infinite values")
     return tensor
 
 
@@ -290,7 +290,7 @@ def load_npz_records(path: str | Path) -> list[Record]:
                 pairs = [(u, y, str(path))]
         else:
             raise ValueError(
-                f"{path} holds arrays {sorted(keys)}; expected u_0, y_0, u_1, y_1, ... or u and y"
+                f"{path} contains arrays {sorted(keys)}; expected u_0, y_0, u_1, y_1, ... or u and y"
             )
     records = []
     for u, y, name in pairs:
@@ -298,7 +298,7 @@ def load_npz_records(path: str | Path) -> list[Record]:
         y = y.unsqueeze(1) if y.ndim == 1 else y
         records.append(Record(u, y, name=name))
     if not records:
-        raise ValueError(f"{path} holds no records")
+        raise ValueError(f"{path} contains no records")
     return records
 
 

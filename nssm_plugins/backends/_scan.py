@@ -13,9 +13,9 @@ Dense time-invariant recurrences use a chunked scan instead (see
 store a ``(d, d)`` matrix per time step.
 
 ``scan``, the default mode, runs each structure on the fastest correct method
-measured on CPU: the chunked scan of :mod:`._chunked` for diagonal
-recurrences (its backward pass is a custom autograd function, so it supports
-first-order gradients only) and the chunked dense scan below.
+measured on CPU. Diagonal recurrences use the chunked scan of
+:mod:`._chunked`, whose custom backward pass supports first-order gradients
+only. Dense recurrences use the chunked dense scan below.
 """
 
 from __future__ import annotations
