@@ -102,7 +102,7 @@ class SSMConfig(BaseModel):
                     raise ValueError(
                         f"gamma={self.gamma} asks for a certified model, but the {role} {entry.name!r} has no "
                         f"certified bound, so no gain can be guaranteed. Choose a certified one "
-                        f"({', '.join(certified) or 'none registered'}) or set gamma=None."
+                        f"({', '.join(certified) or 'none registered'}) or set gamma=None (--gamma none on the command line)."
                     )
         return self
 

@@ -246,6 +246,12 @@ class DeepSSM(nn.Module):
                 names no registered backend.
         """
         u = check_input(u, self.d_input)
+        parameter_dtype = self.encoder.weight.dtype
+        if u.dtype != parameter_dtype:
+            raise TypeError(
+                f"u has dtype {u.dtype} but the model's parameters are {parameter_dtype}; convert the input "
+                f"with u.to({parameter_dtype}) or the model with model.to({u.dtype})"
+            )
         if not isinstance(mode, (str, ScanBackend)):
             raise TypeError(f"mode must be a backend name such as 'scan' or 'loop', got {mode!r}")
         if state is None and not reset_state and self._carried_states is not None:

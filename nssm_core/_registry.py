@@ -262,7 +262,9 @@ def validate_options(entry: PluginEntry, options: dict[str, Any]) -> BaseModel:
         return entry.options.model_validate(options)
     except ValidationError as error:
         details = "; ".join(
-            f"{'.'.join(str(p) for p in item['loc'])}={item.get('input')!r}: {item['msg']}" for item in error.errors()
+            (f"{'.'.join(str(p) for p in item['loc'])}={item.get('input')!r}: " if item["loc"] else "")
+            + item["msg"].removeprefix("Value error, ")
+            for item in error.errors()
         )
         raise PluginError(f"invalid options for {entry.kind.value} {entry.name!r}: {details}") from error
 

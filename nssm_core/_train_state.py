@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ._config import SSMConfig
 from .checkpoint import FORMAT_NAME as MODEL_FORMAT_NAME
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, make_readable
 
 __all__ = ["TRAIN_STATE_FORMAT", "TrainState", "check_resumable", "load_train_state", "save_train_state"]
 
@@ -137,6 +137,7 @@ def save_train_state(path: str | os.PathLike[str], state: TrainState) -> Path:
         save_file(tensors, temporary, metadata=metadata)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
+        make_readable(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

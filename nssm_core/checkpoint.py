@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from ._config import SSMConfig
 from ._model import DeepSSM
 
-__all__ = ["CheckpointError", "atomic_write_text", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "atomic_write_text", "load_checkpoint", "make_readable", "save_checkpoint"]
 
 FORMAT_NAME = "nssm-checkpoint"
 FORMAT_VERSION = "1"
@@ -29,6 +29,17 @@ FORMAT_VERSION = "1"
 
 class CheckpointError(ValueError):
     """A file is not a readable nssm checkpoint, or does not fit the model."""
+
+
+def make_readable(path: str | os.PathLike[str]) -> None:
+    """Give a temporary file the permissions a new file gets under the process umask.
+
+    ``tempfile.mkstemp`` creates files readable by their owner only; the
+    files nssm renames into place should read like any other output.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -39,6 +50,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
+        make_readable(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -71,6 +83,7 @@ def save_checkpoint(model: DeepSSM, path: str | os.PathLike[str], extra: dict[st
     os.close(descriptor)
     try:
         save_file(tensors, temporary, metadata=metadata)
+        make_readable(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

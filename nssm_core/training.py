@@ -411,7 +411,8 @@ def train(
     start = time.perf_counter()
     bar = tqdm(
         range(start_step, epochs), desc="train", unit="step", initial=start_step, total=epochs,
-        disable=not progress or not context.is_main, leave=False,
+        # None lets tqdm turn itself off when stderr is not a terminal, so logs get no bar updates.
+        disable=None if (progress and context.is_main) else True, leave=False,
     )
     last_checkpoint = start_step
     full_local = data

@@ -125,3 +125,8 @@ def test_step_streaming_matches_forward(model):
 def test_step_rejects_bad_rank(model):
     with pytest.raises(ValueError, match="step expects"):
         model.step(torch.randn(3, dtype=torch.float64))
+
+
+def test_input_dtype_mismatch_named(model):
+    with pytest.raises(TypeError, match=r"torch.float32.*model.to"):
+        model(torch.randn(2, 5, 3, dtype=torch.float32))

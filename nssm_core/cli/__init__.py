@@ -11,6 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from . import _certify, _plugins, _train
 
 __all__ = ["build_parser", "main"]
@@ -39,6 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
+    except ValidationError as error:
+        # pydantic's text repeats the whole input and a help link; the field and message are enough.
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"]) or "config"
+            message = item["msg"].removeprefix("Value error, ")
+            print(f"nssm {args.command}: error: {where}: {message}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"nssm {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -405,7 +405,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"{_format_number(certificate['bound']) if certificate['bound'] is not None else 'none'}, "
             f"prescribed gamma {certificate['prescribed_gamma']}"
         )
-        lines.append("factors (product = bound):")
+        lines.append("factors (bound = encoder x each block's (1 + core x layer) x decoder x decoder scale):")
         for factor in certificate["factors"]:
             bound = "none" if factor["bound"] is None else _format_number(factor["bound"])
             lines.append(f"  {factor['name']:<18} {bound:>14}  {factor['kind']}")

@@ -23,7 +23,7 @@ from .._distributed import init_distributed, shutdown_distributed
 from .._model import DeepSSM
 from .._train_state import TrainState, load_train_state
 from ..analysis import worst_case_gain
-from ..checkpoint import atomic_write_text, save_checkpoint
+from ..checkpoint import atomic_write_text, make_readable, save_checkpoint
 from ..data import Normalizer, Record, cascaded_tanks, load_records, record_statistics, split_record
 from ..training import TrainResult, fit_percent, rmse, simulate, train
 
@@ -247,6 +247,7 @@ def _save_plot(path: Path, measured: torch.Tensor, simulated: torch.Tensor, titl
     os.close(descriptor)
     try:
         figure.savefig(temporary, dpi=110)
+        make_readable(temporary)
         os.replace(temporary, path)
     finally:
         plt.close(figure)
