@@ -23,7 +23,7 @@ logger = logging.getLogger("nssm.distributed")
 
 @dataclass(frozen=True)
 class DistributedContext:
-    """Where this process sits in a data-parallel run.
+    """Position of this process in a data-parallel run.
 
     Attributes:
         rank: Global rank, 0 for the process that writes files.

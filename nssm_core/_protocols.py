@@ -2,7 +2,7 @@
 
 Shapes are batch-first everywhere: inputs ``(batch, time, channels)`` and
 states ``(batch, d_state)``. A core's trajectory of states is
-``(batch, time + 1, d_state)`` and holds ``x_0 .. x_T``; the output ``y_t`` is
+``(batch, time + 1, d_state)`` and contains ``x_0 .. x_T``; the output ``y_t`` is
 computed from ``x_t``, before the update to ``x_{t+1}``.
 """
 

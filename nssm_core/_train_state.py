@@ -3,7 +3,7 @@
 Every tensor (weights, Adam moments, RNG states) is stored as a safetensors
 tensor, and everything else (scheduler counters, learning rates, loss history)
 as JSON in the file's metadata, so loading a checkpoint never unpickles or runs
-code. One file holds the whole state, and it is written to a temporary file,
+code. One file contains the whole state, and it is written to a temporary file,
 flushed to disk and renamed over the previous checkpoint, so a process killed
 at any moment leaves either the old or the new checkpoint, never a mixture.
 """
@@ -97,7 +97,7 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
             return tuple(_decode(v, tensors, path) for v in value[_TUPLE])
         if _ITEMS in value:
             return {k: _decode(v, tensors, path) for k, v in value[_ITEMS]}
-        raise CheckpointError(f"{path} holds an unknown entry {sorted(value)}; the file is damaged")
+        raise CheckpointError(f"{path} contains an unknown entry {sorted(value)}; the file is damaged")
     if isinstance(value, list):
         return [_decode(v, tensors, path) for v in value]
     return value
