@@ -7,6 +7,7 @@ model and writes files.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -426,6 +427,10 @@ def run_training(args: argparse.Namespace) -> int:
             records = (train_records, test_records, validation)
             _write_results(args, model, normalizer, records, result, context.world_size)
         context.barrier()
+        # DDP keeps its reducer alive through hooks on the parameters; free it while the process
+        # group still exists rather than during interpreter shutdown.
+        del model, result
+        gc.collect()
     finally:
         shutdown_distributed(context)
     return 0
