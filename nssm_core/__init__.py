@@ -14,6 +14,7 @@ from ._base import resolve_backend as resolve_backend
 from ._certificate import Certificate as Certificate
 from ._certificate import CertificateFactor as CertificateFactor
 from ._certificate import CertificateKind as CertificateKind
+from ._certificate import contraction as contraction
 from ._certificate import ModelCertificate as ModelCertificate
 from ._certificate import residual as residual
 from ._certificate import safety_margin as safety_margin
@@ -79,6 +80,7 @@ __all__ = [
     "build_layer",
     "check_input",
     "check_state",
+    "contraction",
     "get_registry",
     "hookimpl",
     "load_plugins",

@@ -33,6 +33,7 @@ __all__ = [
     "residual",
     "round_up",
     "safety_margin",
+    "contraction",
     "series",
     "spectral_norm_upper",
 ]
@@ -156,6 +157,18 @@ def spectral_norm_upper(weight: torch.Tensor) -> torch.Tensor:
         return torch.full((), math.nan, dtype=torch.float64, device=weight.device)
     sigma = torch.linalg.matrix_norm(wide, ord=2)
     return sigma * (1.0 + safety_margin(torch.float64))
+
+
+def contraction(weight: torch.Tensor) -> torch.Tensor:
+    """Return ``weight / max(1, sigma_max(weight))``, whose spectral norm is at most 1.
+
+    The norm comes from :func:`spectral_norm_upper` and is inflated by
+    :func:`safety_margin` for ``weight``'s dtype, so the stored result stays
+    within 1 after round-off. A weight already inside the unit ball is left
+    unchanged. Differentiable with respect to ``weight``.
+    """
+    sigma = spectral_norm_upper(weight) * (1.0 + safety_margin(weight.dtype))
+    return weight / torch.clamp(sigma, min=1.0).to(weight.dtype)
 
 
 def round_up(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -37,7 +37,7 @@ class PluginKind(str, enum.Enum):
 
 
 class RecurrenceStructure(str, enum.Enum):
-    """Linear recurrences a dynamic core asks a scan backend to evaluate.
+    """Linear recurrences that a dynamic core requests from a scan backend.
 
     * ``diagonal``: $x_{t+1} = a_t \\odot x_t + b_t$ with ``a`` either
       time-invariant of shape ``(d,)`` or time-varying of shape
@@ -134,7 +134,7 @@ class DynamicCore(Protocol):
         d_input: Input channels.
         d_output: Output channels.
         d_state: State width.
-        structure: The recurrence the core asks its scan backend to evaluate.
+        structure: The recurrence the core requests from its scan backend.
         certificate_kind: What :meth:`bound` bounds.
     """
 

@@ -1,8 +1,8 @@
 """Registration of the built-in plugins.
 
 This module is the ``builtins`` entry of the ``nssm.plugins`` entry-point
-group in nssm's own ``pyproject.toml``; the built-ins load through the same
-path as a third-party plugin. Each subpackage lists its own entries.
+group in nssm's own ``pyproject.toml``, so the built-ins load through the
+same path as a third-party plugin. Each subpackage lists its own entries.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ from nssm_core import (
     CoreSpec,
     RecurrenceStructure,
     ScanBackend,
+    contraction,
     safety_margin,
-    spectral_norm_upper,
 )
 
 from ._l2n import initial_block_gamma
@@ -162,18 +162,13 @@ class TV(CoreBase):
         """The core's gain bound, a positive 0-d tensor."""
         return torch.exp(self.log_gamma)
 
-    @staticmethod
-    def _normalised(weight: torch.Tensor) -> torch.Tensor:
-        sigma = spectral_norm_upper(weight) * (1.0 + safety_margin(weight.dtype))
-        return weight / torch.clamp(sigma, min=1.0).to(weight.dtype)
-
     def input_matrix(self) -> torch.Tensor:
         """Return $W_{in}$ with $\\|W_{in}\\|_2 \\le 1$, ``(d_state, d_input)``."""
-        return self._normalised(self.W_in)
+        return contraction(self.W_in)
 
     def output_matrix(self) -> torch.Tensor:
         """Return $W_{out}$ with $\\|W_{out}\\|_2 \\le 1$, ``(d_output, d_state)``."""
-        return self._normalised(self.W_out)
+        return contraction(self.W_out)
 
     def triples(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return the normalised $(a, b, c)$, each ``(batch, time, d_state)``, for ``u`` of shape ``(batch, time, d_input)``.

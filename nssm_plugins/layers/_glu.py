@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from nssm_core import CertificateKind, LayerBase, LayerSpec, NoOptions, safety_margin, spectral_norm_upper
+from nssm_core import CertificateKind, LayerBase, LayerSpec, NoOptions, contraction
 
 __all__ = ["GLU", "LGLU", "LGLUOptions"]
 
@@ -71,8 +71,7 @@ class LGLU(LayerBase):
 
     def normalised_weight(self) -> torch.Tensor:
         """Return $W$ scaled so that $\\|W\\|_2 \\le 1$."""
-        sigma = spectral_norm_upper(self.weight) * (1.0 + safety_margin(self.weight.dtype))
-        return self.weight / torch.clamp(sigma, min=1.0).to(self.weight.dtype)
+        return contraction(self.weight)
 
     def gains(self) -> torch.Tensor:
         """Return the positive output gains $l$, ``(d_model,)``."""

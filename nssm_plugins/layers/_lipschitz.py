@@ -21,7 +21,7 @@ from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from nssm_core import CertificateKind, LayerBase, LayerSpec, safety_margin, spectral_norm_upper
+from nssm_core import CertificateKind, LayerBase, LayerSpec, contraction, safety_margin, spectral_norm_upper
 
 __all__ = ["LMLP", "TLIP", "LMLPOptions", "SandwichLayer", "TLIPOptions", "cayley", "centered_group_sort", "group_sort"]
 
@@ -230,7 +230,7 @@ class LMLP(LayerBase):
     as a plain gain bound, and that is only true when every block maps 0 to 0. With ``centered=True`` (the
     default) each sandwich layer subtracts its value at 0, a constant that
     leaves the Lipschitz constant unchanged, so $f(0) = 0$ and
-    $\\|f(x)\\| \\le L \\|x\\|$ holds too. With ``centered=False`` only output
+    $\\|f(x)\\| \\le L \\|x\\|$ is true as well. With ``centered=False`` only output
     differences are bounded, which no certificate kind expresses, so the layer
     declares no certificate and a ``DeepSSM`` with ``gamma`` rejects it.
 
@@ -324,11 +324,7 @@ class TLIP(LayerBase):
 
     def normalised_weights(self) -> list[torch.Tensor]:
         """Return every $W_i / \\max(1, \\|W_i\\|_2)$, in signal order."""
-        result = []
-        for weight in self.weights:
-            sigma = spectral_norm_upper(weight) * (1.0 + safety_margin(weight.dtype))
-            result.append(weight / torch.clamp(sigma, min=1.0).to(weight.dtype))
-        return result
+        return [contraction(weight) for weight in self.weights]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` of shape ``(..., d_model)``."""
