@@ -20,11 +20,12 @@ from ._registry import get_registry
 __all__ = ["CoreBase", "LayerBase", "check_input", "check_state", "resolve_backend"]
 
 
-def check_input(u: object, d_input: int, *, name: str = "u") -> torch.Tensor:
+def check_input(u: object, d_input: int, *, name: str = "u", check_finite: bool = True) -> torch.Tensor:
     """Validate an input sequence and promote it to ``(batch, time, d_input)``.
 
     Inputs of shape ``(time, d_input)`` or ``(d_input,)`` get leading batch
-    (and time) axes of size 1.
+    (and time) axes of size 1. ``check_finite=False`` skips the scan for NaN
+    and inf, a full pass over ``u``, for callers that have checked it already.
 
     Raises:
         TypeError: If ``u`` is not a floating-point tensor.
@@ -51,7 +52,7 @@ def check_input(u: object, d_input: int, *, name: str = "u") -> torch.Tensor:
         )
     if u.shape[1] == 0:
         raise ValueError(f"{name} has an empty time axis (shape {tuple(u.shape)}); pass at least one time step")
-    if not bool(torch.isfinite(u).all()):
+    if check_finite and not bool(torch.isfinite(u).all()):
         bad = int((~torch.isfinite(u)).sum())
         raise ValueError(f"{name} contains {bad} NaN or inf values; clean or mask the data before calling the model")
     return u
@@ -145,6 +146,8 @@ class CoreBase(nn.Module):
         u: torch.Tensor,
         state: torch.Tensor | None = None,
         mode: str | ScanBackend = "scan",
+        *,
+        check_finite: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the core over a sequence.
 
@@ -153,12 +156,14 @@ class CoreBase(nn.Module):
                 ``(d_input,)`` are promoted.
             state: Initial state ``(batch, d_state)``; zero when ``None``.
             mode: Name of a registered scan backend, or a backend object.
+            check_finite: Check ``u`` for NaN and inf. :class:`~nssm_core.DeepSSM`
+                checks its input once and passes ``False`` to its blocks' cores.
 
         Returns:
             ``(y, states)``: output ``(batch, time, d_output)`` and states
             ``x_0 .. x_T`` of shape ``(batch, time + 1, d_state)``.
         """
-        u = check_input(u, self.d_input)
+        u = check_input(u, self.d_input, check_finite=check_finite)
         backend = resolve_backend(mode, self.structure)
         batch = u.shape[0]
         if state is None:

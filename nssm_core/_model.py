@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._base import check_input
+from ._base import CoreBase, check_input
 from ._certificate import (
     CertificateFactor,
     CertificateKind,
@@ -55,14 +55,25 @@ class SSL(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, state: torch.Tensor | None = None, mode: str | ScanBackend = "scan"
+        self,
+        x: torch.Tensor,
+        state: torch.Tensor | None = None,
+        mode: str | ScanBackend = "scan",
+        *,
+        check_finite: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply the block to ``x`` of shape ``(batch, time, d_model)``.
+
+        ``check_finite=False`` lets a core derived from :class:`~nssm_core.CoreBase`
+        skip its scan of ``x`` for NaN and inf (:class:`DeepSSM` checks its input once).
 
         Returns:
             ``(output, states)`` with the core's states ``(batch, time + 1, d_state)``.
         """
-        core_out, states = self.core(x, state=state, mode=mode)
+        if isinstance(self.core, CoreBase):
+            core_out, states = self.core(x, state=state, mode=mode, check_finite=check_finite)
+        else:
+            core_out, states = self.core(x, state=state, mode=mode)
         return x + self.dropout(self.layer(core_out)), states
 
     @property
@@ -268,7 +279,7 @@ class DeepSSM(nn.Module):
         x = self.encoder(u)
         final_states = []
         for block, block_state in zip(self.blocks, state):
-            x, states = block(x, state=block_state, mode=mode)
+            x, states = block(x, state=block_state, mode=mode, check_finite=False)
             last = states[:, -1]
             final_states.append(last.detach() if detach_state else last)
 

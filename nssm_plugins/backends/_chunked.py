@@ -10,8 +10,10 @@ $L$ steps, and three stages run on all chunks at once:
 3. $L$ more vectorised steps run every chunk from its entering state and write
    the states directly into the output.
 
-The work is $O(T)$ in about $2 L \\log_L T$ Python-level steps, and the
-drives are read twice and the states written once.
+The work is $O(T)$ in about $2 L \\log_L T$ Python-level steps. Time-invariant
+decays replace stage 3 by one fused pass: inside a chunk the state at step
+$k$ is the zero-start response plus $a^{k+1} s_c$, and stage 1 then runs on
+a step-major copy of the drives, so each step reads one contiguous block.
 
 Only products of decays are formed, never $a^{-t}$ and never a division, so
 decays of exactly 0, moduli of $10^{-6}$ and sequences of $10^5$ steps keep
@@ -69,6 +71,79 @@ def _scan_into(
         boundary: ``(batch, d)``, the state before the first step taken.
         chunk: Maximum steps per chunk.
         reverse: Run backwards in time.
+    """
+    if a.ndim == 1:
+        _scan_invariant_into(out, a, b, boundary, chunk, reverse)
+    else:
+        _scan_varying_into(out, a, b, boundary, chunk, reverse)
+
+
+def _scan_invariant_into(
+    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, boundary: torch.Tensor, chunk: int, reverse: bool
+) -> None:
+    """:func:`_scan_into` for time-invariant decays ``a`` of shape ``(d,)``.
+
+    Inside each chunk the zero-start response is computed in a step-major copy
+    of the drives, ``(chunk, batch, chunks, d)``, so each of the ``chunk``
+    steps touches one contiguous block; the states entering the chunks follow
+    recursively, and one fused pass adds $a^{k+1} s_c$ (the powers by
+    :func:`torch.cumprod`, products only) while writing ``out``.
+    """
+    batch, steps, width = b.shape
+    # Chunks of about sqrt(steps) keep short sequences from running almost step by step.
+    chunk = min(chunk, max(2, math.isqrt(steps)))
+    chunks = steps // chunk if steps >= 2 * chunk else 0
+    covered = chunks * chunk
+    # The chunks cover the steps taken first; the remaining steps run one by one afterwards.
+    start = steps - covered if reverse else 0
+
+    state = boundary
+    if chunks:
+        span = slice(start, start + covered)
+        responses = b[:, span].reshape(batch, chunks, chunk, width).permute(2, 0, 1, 3).contiguous()
+        powers = torch.cumprod(a.expand(chunk, width), dim=0)  # a^1 .. a^chunk
+        # powers[k] multiplies the state entering the chunk at its step k.
+        powers = powers.flip(0) if reverse else powers
+
+        # 1. Zero-start response inside every chunk, in place.
+        order = range(chunk - 2, -1, -1) if reverse else range(1, chunk)
+        previous = 1 if reverse else -1
+        for k in order:
+            responses[k].addcmul_(a, responses[k + previous])
+
+        # 2. The state entering each chunk: the same recurrence over chunks with decay a^chunk.
+        ends = responses[0] if reverse else responses[chunk - 1]
+        entering = torch.empty(batch, chunks, width, dtype=out.dtype, device=out.device)
+        chunk_decay = powers[0] if reverse else powers[chunk - 1]
+        if reverse:
+            entering[:, -1] = boundary
+            if chunks > 1:
+                _scan_invariant_into(entering[:, :-1], chunk_decay, ends[:, 1:], boundary, chunk, reverse=True)
+        else:
+            entering[:, 0] = boundary
+            if chunks > 1:
+                _scan_invariant_into(entering[:, 1:], chunk_decay, ends[:, :-1], boundary, chunk, reverse=False)
+
+        # 3. Every state at once, written into out in its (batch, time, d) layout.
+        states = out[:, span].view(batch, chunks, chunk, width)
+        torch.addcmul(responses.permute(1, 2, 0, 3), powers.view(1, 1, chunk, width), entering.unsqueeze(2), out=states)
+        state = out[:, start] if reverse else out[:, covered - 1]
+
+    # Steps not covered by whole chunks (all steps of a short sequence).
+    remaining = range(start - 1, -1, -1) if reverse else range(covered, steps)
+    for t in remaining:
+        torch.addcmul(b[:, t], a, state, out=out[:, t])
+        state = out[:, t]
+
+
+def _scan_varying_into(
+    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, boundary: torch.Tensor, chunk: int, reverse: bool
+) -> None:
+    """:func:`_scan_into` for decays ``a`` of shape ``(1 or batch, time, d)``, in the three stages of the module docstring.
+
+    Stages 1 and 3 step through the chunks in the ``(batch, time, d)``
+    layout: a step-major copy would also have to copy the decays, which cost
+    more than it saved when measured.
     """
     batch, steps, width = b.shape
     time_varying = a.ndim == 3

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 
 __all__ = ["pairs_to_complex", "complex_to_pairs", "realify_diagonal"]
 
 
 def pairs_to_complex(x: torch.Tensor) -> torch.Tensor:
-    """Map ``(..., 2m)`` real interleaved pairs ``(re_0, im_0, re_1, ...)`` to ``(..., m)`` complex."""
-    pairs = rearrange(x, "... (m two) -> ... m two", two=2)
-    return torch.complex(pairs[..., 0], pairs[..., 1])
+    """Map ``(..., 2m)`` real interleaved pairs ``(re_0, im_0, re_1, ...)`` to ``(..., m)`` complex.
+
+    The result is a view of ``x`` when its memory layout allows one (the last
+    axis contiguous, every other stride even), so no copy is made for the
+    output of a matrix product. float16 and bfloat16 inputs are promoted to
+    float32 first.
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    pairs = x.unflatten(-1, (x.shape[-1] // 2, 2))
+    if torch.compiler.is_compiling():
+        # torch.compile's tracer mishandles view_as_complex here; the copying form compiles.
+        return torch.complex(pairs[..., 0], pairs[..., 1])
+    viewable = pairs.stride(-1) == 1 and pairs.storage_offset() % 2 == 0 and all(
+        stride % 2 == 0 for stride in pairs.stride()[:-1]
+    )
+    return torch.view_as_complex(pairs if viewable else pairs.contiguous())
 
 
 def complex_to_pairs(z: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`pairs_to_complex`."""
-    return rearrange(torch.stack([z.real, z.imag], dim=-1), "... m two -> ... (m two)")
+    """Inverse of :func:`pairs_to_complex`: a real view ``(..., 2m)`` of ``(..., m)`` complex values."""
+    if torch.compiler.is_compiling():
+        return torch.stack([z.real, z.imag], dim=-1).flatten(-2)
+    return torch.view_as_real(z).flatten(-2)
 
 
 def realify_diagonal(

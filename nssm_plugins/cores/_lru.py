@@ -15,7 +15,7 @@ from torch import nn
 
 from nssm_core import CertificateKind, CoreBase, CoreSpec, RecurrenceStructure, ScanBackend
 
-from ._complex import realify_diagonal
+from ._complex import complex_to_pairs, pairs_to_complex, realify_diagonal
 
 __all__ = ["LRU", "LRUOptions", "init_ring_eigenvalues"]
 
@@ -112,13 +112,16 @@ class LRU(CoreBase):
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
         complex_dtype = x0.dtype
+        real_dtype = torch.float64 if complex_dtype == torch.complex128 else torch.float32
         lam = self.eigenvalues().to(complex_dtype)
-        b = self._input_matrix().to(complex_dtype)
-        drives = u.to(complex_dtype) @ b.transpose(0, 1)
+        b = self._input_matrix()
+        # Real products on interleaved (re, im) rows and columns, viewed as complex without a copy:
+        # rows 2j and 2j+1 of b_pairs give Re and Im of (B u)_j; y = Re(C x) = pairs(x) @ [Re C, -Im C].
+        b_pairs = torch.stack([b.real, b.imag], dim=1).flatten(0, 1).to(real_dtype)
+        c_pairs = torch.stack([self.C_re, -self.C_im], dim=-1).flatten(-2).to(u.dtype)
+        drives = pairs_to_complex(u.to(real_dtype) @ b_pairs.T)
         states = backend.diagonal(lam, drives, x0)
-        c_re, c_im = self.C_re.to(u.dtype), self.C_im.to(u.dtype)
-        past = states[:, :-1]
-        y = past.real @ c_re.T - past.imag @ c_im.T + u @ self.D.to(u.dtype).T
+        y = complex_to_pairs(states[:, :-1]).to(u.dtype) @ c_pairs.T + u @ self.D.to(u.dtype).T
         return y, states
 
     def lti_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -26,6 +26,7 @@ import math
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from nssm_core import (
     CertificateKind,
@@ -34,12 +35,11 @@ from nssm_core import (
     RecurrenceStructure,
     ScanBackend,
     contraction,
-    safety_margin,
 )
 
 from ._l2n import initial_block_gamma
 
-__all__ = ["TV", "TVOptions", "contraction_norm_2x2"]
+__all__ = ["TV", "TVOptions", "contraction_norm_2x2", "normalise_triple", "triple_margin"]
 
 
 class TVOptions(BaseModel):
@@ -73,14 +73,108 @@ def contraction_norm_2x2(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> t
     For a real 2x2 matrix the singular values satisfy
     $\\sigma_1 \\pm \\sigma_2 = \\sqrt{\\|M\\|_F^2 \\pm 2 |\\det M|}$; here
     $\\|M\\|_F^2 \\pm 2|\\det M| = a^2 + (|b| \\pm |c|)^2$, a sum of squares with
-    no cancellation. A tiny constant inside the square roots keeps the
-    gradient finite where both terms vanish, and only raises the result.
+    no cancellation. This float64 version is the reference that
+    :func:`normalise_triple` is tested against.
     """
     a, b, c = (x.to(torch.float64) for x in (a, b, c))
-    tiny = 1e-300
-    plus = torch.sqrt(a * a + (b.abs() + c.abs()) ** 2 + tiny)
-    minus = torch.sqrt(a * a + (b.abs() - c.abs()) ** 2 + tiny)
+    plus = torch.sqrt(a * a + (b.abs() + c.abs()) ** 2)
+    minus = torch.sqrt(a * a + (b.abs() - c.abs()) ** 2)
     return 0.5 * (plus + minus)
+
+
+def triple_margin(dtype: torch.dtype) -> float:
+    """Relative margin by which :func:`normalise_triple` inflates the norm it computes in ``dtype``.
+
+    With unit round-off $u$ ($2^{-24}$ in float32, $2^{-53}$ in float64), each
+    operation of the norm (two sums, two squares, two fused or separate
+    multiply-adds, two square roots, a sum and the scaling) loses at most a
+    factor $1 - u$ or $1 - 2u$, so the computed norm is at least
+    $\\sigma (1 - 6u)$ up to $O(u^2)$; rounding the three quotients raises the
+    norm of the stored matrix by at most $1 + \\sqrt{2} u$ (a rank-2 matrix has
+    $\\| |M| \\|_2 \\le \\|M\\|_F \\le \\sqrt 2 \\|M\\|_2$). Any margin above about
+    $8u$ therefore keeps the stored matrix a contraction; $64u$ is used.
+    """
+    unit = float(torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps) / 2
+    return 64.0 * unit
+
+
+def _norm_parts(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Return ``(plus, minus, sum_bc, diff_bc)`` of :func:`contraction_norm_2x2`, computed in the inputs' dtype."""
+    abs_b, abs_c = b.abs(), c.abs()
+    sum_bc = abs_b + abs_c
+    diff_bc = abs_b.sub_(abs_c)
+    square_a = a * a
+    plus = torch.addcmul(square_a, sum_bc, sum_bc).sqrt_()
+    minus = square_a.addcmul_(diff_bc, diff_bc).sqrt_()
+    return plus, minus, sum_bc, diff_bc
+
+
+class _NormaliseTriple(torch.autograd.Function):
+    """$(a, b, c) \\mapsto (a, b, c) / D$ with $D = \\max(1, \\kappa \\sigma)$, fused, with a hand-written gradient.
+
+    Only the inputs are saved; the backward pass recomputes the norm. Where
+    $D = 1$ the map is the identity; elsewhere
+    $\\partial L / \\partial x = g_x / D - \\kappa (\\sum_y g_y y / D^2) \\partial \\sigma / \\partial x$ with
+    $\\partial \\sigma / \\partial a = a (1/P + 1/Q) / 2$,
+    $\\partial \\sigma / \\partial b = \\mathrm{sign}(b) (s/P + d/Q) / 2$ and
+    $\\partial \\sigma / \\partial c = \\mathrm{sign}(c) (s/P - d/Q) / 2$, where
+    $P, Q$ are the two square roots and $s, d = |b| \\pm |c|$ (a zero $Q$
+    contributes nothing, its subgradient 0).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kappa: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        plus, minus, _, _ = _norm_parts(a, b, c)
+        divisor = plus.add_(minus).mul_(0.5 * kappa).clamp_(min=1.0)
+        ctx.save_for_backward(a, b, c)
+        ctx.kappa = kappa
+        return a / divisor, b / divisor, c / divisor
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_a: torch.Tensor, grad_b: torch.Tensor, grad_c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        a, b, c = ctx.saved_tensors
+        kappa = ctx.kappa
+        plus, minus, sum_bc, diff_bc = _norm_parts(a, b, c)
+        divisor = (plus + minus).mul_(0.5 * kappa)
+        active = divisor > 1.0
+        divisor.clamp_(min=1.0)
+        grads = [torch.zeros_like(a) if g is None else g for g in (grad_a, grad_b, grad_c)]
+        # t = -kappa * sum_y g_y y / D^2 where D > 1, else 0.
+        weight = grads[0] * a
+        weight.addcmul_(grads[1], b).addcmul_(grads[2], c)
+        weight.div_(divisor).div_(divisor).mul_(-kappa).mul_(active)
+        inv_plus = torch.where(plus > 0, plus.reciprocal(), torch.zeros_like(plus))
+        inv_minus = torch.where(minus > 0, minus.reciprocal(), torch.zeros_like(minus))
+        half_weight = weight.mul_(0.5)
+        d_a = (inv_plus + inv_minus).mul_(a).mul_(half_weight)
+        ratio_plus = sum_bc.mul_(inv_plus)
+        ratio_minus = diff_bc.mul_(inv_minus)
+        d_b = (ratio_plus + ratio_minus).mul_(b.sign()).mul_(half_weight)
+        d_c = ratio_plus.sub_(ratio_minus).mul_(c.sign()).mul_(half_weight)
+        out = []
+        for grad, extra in zip(grads, (d_a, d_b, d_c)):
+            out.append(extra.addcdiv_(grad, divisor))
+        return out[0], out[1], out[2], None
+
+
+def normalise_triple(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Divide $(a, b, c)$ by $\\max(1, \\sigma (1 + m))$ so that every $[[a, b], [c, 0]]$ is a contraction.
+
+    The norm $\\sigma$ of :func:`contraction_norm_2x2` is computed in the
+    inputs' dtype (float32 or float64; others are promoted to float32) and
+    inflated by the margin $m$ of :func:`triple_margin`, which covers its
+    round-off. Fused into one autograd node that saves only the inputs.
+    """
+    dtype = torch.float64 if torch.float64 in (a.dtype, b.dtype, c.dtype) else torch.float32
+    a, b, c = (x.to(dtype) for x in (a, b, c))
+    return _NormaliseTriple.apply(a, b, c, 1.0 + triple_margin(dtype))
 
 
 class TV(CoreBase):
@@ -175,19 +269,17 @@ class TV(CoreBase):
 
         Every $[[a, b], [c, 0]]$ has spectral norm at most 1, and $a \\ge 0$.
         """
-        dtype = u.dtype
+        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32  # decays never in half precision
         delta, raw_b, raw_c = self.selector(u.to(self.W_in.dtype)).to(dtype).chunk(3, dim=-1)
         rate = nn.functional.softplus(delta + self.decay_bias.to(dtype)) * nn.functional.softplus(
             self.decay_rate.to(dtype)
         )
-        a, b, c = torch.exp(-rate), torch.tanh(raw_b), torch.tanh(raw_c)
-        sigma = contraction_norm_2x2(a, b, c) * (1.0 + safety_margin(dtype))
-        divisor = torch.clamp(sigma, min=1.0).to(dtype)
-        return a / divisor, b / divisor, c / divisor
+        return normalise_triple(torch.exp(-rate), torch.tanh(raw_b), torch.tanh(raw_c))
 
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
-        dtype = u.dtype
+        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+        u = u.to(dtype)
         a, b, c = self.triples(u)
         v = (u @ self.input_matrix().to(dtype).T) * self.gamma.to(dtype)
         states = backend.diagonal(a, b * v, x0)
