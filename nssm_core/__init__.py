@@ -10,6 +10,7 @@ from ._base import CoreBase as CoreBase
 from ._base import LayerBase as LayerBase
 from ._base import check_input as check_input
 from ._base import check_state as check_state
+from ._base import recurrence_dtype as recurrence_dtype
 from ._base import resolve_backend as resolve_backend
 from ._certificate import Certificate as Certificate
 from ._certificate import CertificateFactor as CertificateFactor
@@ -80,6 +81,7 @@ __all__ = [
     "build_layer",
     "check_input",
     "check_state",
+    "recurrence_dtype",
     "contraction",
     "get_registry",
     "hookimpl",

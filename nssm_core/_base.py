@@ -17,7 +17,17 @@ from ._certificate import Certificate, CertificateKind
 from ._protocols import PluginKind, RecurrenceStructure, ScanBackend
 from ._registry import get_registry
 
-__all__ = ["CoreBase", "LayerBase", "check_input", "check_state", "resolve_backend"]
+__all__ = ["CoreBase", "LayerBase", "check_input", "check_state", "recurrence_dtype", "resolve_backend"]
+
+
+def recurrence_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Return the real dtype in which a core evaluates its recurrence for inputs of ``dtype``.
+
+    float64 stays float64; everything else, bfloat16 and float16 under
+    autocast included, becomes float32, so decays, normalisers and states
+    never run in half precision.
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_input(u: object, d_input: int, *, name: str = "u", check_finite: bool = True) -> torch.Tensor:
@@ -130,10 +140,11 @@ class CoreBase(nn.Module):
         self.d_state = d_state
 
     def state_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        """Return the state dtype for inputs of ``dtype`` (complex for complex-state cores)."""
+        """Return the state dtype for inputs of ``dtype``: :func:`recurrence_dtype`, complex for complex-state cores."""
+        real = recurrence_dtype(dtype)
         if not self.complex_state:
-            return dtype
-        return torch.complex128 if dtype == torch.float64 else torch.complex64
+            return real
+        return torch.complex128 if real == torch.float64 else torch.complex64
 
     def initial_state(
         self, batch: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None

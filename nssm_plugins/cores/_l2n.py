@@ -31,6 +31,7 @@ from nssm_core import (
     CoreSpec,
     RecurrenceStructure,
     ScanBackend,
+    recurrence_dtype,
     safety_margin,
     spectral_norm_upper,
 )
@@ -175,19 +176,21 @@ class L2N(CoreBase):
 
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
-        dtype = u.dtype
+        # Normaliser, decays and the scan stay in float32 or float64, also under bf16 autocast.
+        dtype = recurrence_dtype(u.dtype)
         complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         scale = self.contraction_scale().to(dtype)
         rho = torch.sigmoid(self.rho_raw).to(dtype) * scale
         eigenvalues = torch.polar(rho, self.angles.to(dtype)).to(complex_dtype)
-        k12 = self.K12.to(dtype) * scale
+        gamma = self.gamma.to(dtype)
+        # gamma is folded into the small input matrices, so no scaled copy of u is made or saved.
+        k12 = (self.K12.to(dtype) * (scale * gamma)).to(u.dtype)
         k21 = self.K21.to(dtype) * scale
-        k22 = self.K22.to(dtype) * scale
+        k22 = (self.K22.to(dtype) * (scale * gamma)).to(u.dtype)
 
-        scaled_input = u * self.gamma.to(dtype)
-        drives = pairs_to_complex(scaled_input @ k12.T)
+        drives = pairs_to_complex(u @ k12.T)
         states = complex_to_pairs(backend.diagonal(eigenvalues, drives, pairs_to_complex(x0)))
-        y = states[:, :-1] @ k21.T + scaled_input @ k22.T
+        y = states[:, :-1] @ k21.T + u @ k22.T
         return y, states
 
     def bound(self) -> torch.Tensor:

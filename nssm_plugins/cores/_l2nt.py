@@ -23,6 +23,7 @@ from nssm_core import (
     CoreSpec,
     RecurrenceStructure,
     ScanBackend,
+    recurrence_dtype,
     safety_margin,
     spectral_norm_upper,
 )
@@ -148,11 +149,16 @@ class L2NT(CoreBase):
 
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
+        dtype = recurrence_dtype(u.dtype)  # the recurrence never runs in half precision
+        u = u.to(dtype)
         n = self.d_state
-        k = self.contraction().to(u.dtype)
-        scaled_input = u * self.gamma.to(u.dtype)
-        states = backend.dense(k[:n, :n], scaled_input @ k[:n, n:].T, x0)
-        y = states[:, :-1] @ k[n:, :n].T + scaled_input @ k[n:, n:].T
+        k = self.contraction().to(dtype)
+        gamma = self.gamma.to(dtype)
+        # gamma is folded into the input columns, so no scaled copy of u is made or saved.
+        drives = (u @ (k[:n, n:] * gamma).T).to(dtype)
+        with torch.autocast(u.device.type, enabled=False):  # the dense scan's products stay in float32
+            states = backend.dense(k[:n, :n], drives, x0)
+        y = states[:, :-1] @ k[n:, :n].T + u @ (k[n:, n:] * gamma).T
         return y, states
 
     def bound(self) -> torch.Tensor:

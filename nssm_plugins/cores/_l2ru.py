@@ -40,7 +40,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from nssm_core import CertificateKind, CoreBase, CoreSpec, RecurrenceStructure, ScanBackend, spectral_norm_upper
+from nssm_core import (
+    CertificateKind,
+    CoreBase,
+    CoreSpec,
+    RecurrenceStructure,
+    ScanBackend,
+    recurrence_dtype,
+    spectral_norm_upper,
+)
 
 from ._l2n import initial_block_gamma
 
@@ -149,8 +157,12 @@ class L2RU(CoreBase):
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
         # NOTE: the bound is proven for the float64 matrices; their float32 cast is not bounded separately.
-        a, b, c, d = (m.to(u.dtype) for m in self.lti_matrices())
-        states = backend.dense(a, u @ b.T, x0)
+        dtype = recurrence_dtype(u.dtype)  # the recurrence never runs in half precision
+        u = u.to(dtype)
+        a, b, c, d = (m.to(dtype) for m in self.lti_matrices())
+        drives = (u @ b.T).to(dtype)
+        with torch.autocast(u.device.type, enabled=False):  # the dense scan's products stay in float32
+            states = backend.dense(a, drives, x0)
         y = states[:, :-1] @ c.T + u @ d.T
         return y, states
 

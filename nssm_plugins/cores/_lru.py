@@ -117,11 +117,11 @@ class LRU(CoreBase):
         b = self._input_matrix()
         # Real products on interleaved (re, im) rows and columns, viewed as complex without a copy:
         # rows 2j and 2j+1 of b_pairs give Re and Im of (B u)_j; y = Re(C x) = pairs(x) @ [Re C, -Im C].
-        b_pairs = torch.stack([b.real, b.imag], dim=1).flatten(0, 1).to(real_dtype)
-        c_pairs = torch.stack([self.C_re, -self.C_im], dim=-1).flatten(-2).to(u.dtype)
-        drives = pairs_to_complex(u.to(real_dtype) @ b_pairs.T)
+        b_pairs = torch.stack([b.real, b.imag], dim=1).flatten(0, 1).to(u.dtype)
+        c_pairs = torch.stack([self.C_re, -self.C_im], dim=-1).flatten(-2).to(real_dtype)
+        drives = pairs_to_complex(u @ b_pairs.T)
         states = backend.diagonal(lam, drives, x0)
-        y = complex_to_pairs(states[:, :-1]).to(u.dtype) @ c_pairs.T + u @ self.D.to(u.dtype).T
+        y = complex_to_pairs(states[:, :-1]) @ c_pairs.T + u @ self.D.to(u.dtype).T
         return y, states
 
     def lti_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

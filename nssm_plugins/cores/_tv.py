@@ -35,6 +35,7 @@ from nssm_core import (
     RecurrenceStructure,
     ScanBackend,
     contraction,
+    recurrence_dtype,
 )
 
 from ._l2n import initial_block_gamma
@@ -269,7 +270,7 @@ class TV(CoreBase):
 
         Every $[[a, b], [c, 0]]$ has spectral norm at most 1, and $a \\ge 0$.
         """
-        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32  # decays never in half precision
+        dtype = recurrence_dtype(u.dtype)  # decays never in half precision
         delta, raw_b, raw_c = self.selector(u.to(self.W_in.dtype)).to(dtype).chunk(3, dim=-1)
         rate = nn.functional.softplus(delta + self.decay_bias.to(dtype)) * nn.functional.softplus(
             self.decay_rate.to(dtype)
@@ -278,10 +279,10 @@ class TV(CoreBase):
 
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
-        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+        dtype = recurrence_dtype(u.dtype)
         u = u.to(dtype)
         a, b, c = self.triples(u)
-        v = (u @ self.input_matrix().to(dtype).T) * self.gamma.to(dtype)
+        v = u @ (self.input_matrix().to(dtype) * self.gamma.to(dtype)).T
         states = backend.diagonal(a, b * v, x0)
         y = (c * states[:, :-1]) @ self.output_matrix().to(dtype).T
         return y, states

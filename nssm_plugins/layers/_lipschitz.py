@@ -369,15 +369,20 @@ class TLIP(LayerBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` of shape ``(..., d_model)``."""
         root = math.sqrt(self.scale)
-        *hidden_weights, output_weight = (w.to(x.dtype) for w in self.normalised_weights())
-        h = x * root
+        weights = [w.to(x.dtype) for w in self.normalised_weights()]
+        # The two factors sqrt(scale) are folded into the first and last weights, so that no scaled
+        # copy of the activations is made or saved for the backward pass.
+        weights[0] = weights[0] * root
+        weights[-1] = weights[-1] * root
+        *hidden_weights, output_weight = weights
+        h = x
         for weight, bias in zip(hidden_weights, self.biases):
             bias = bias.to(x.dtype)
             if self.centered:
                 h = centered_group_sort(h @ weight.T, bias)
             else:
                 h = group_sort(h @ weight.T + bias)
-        return (h @ output_weight.T) * root
+        return h @ output_weight.T
 
     def bound(self) -> torch.Tensor:
         """Return the Lipschitz bound ``scale`` as a 0-d float64 tensor (with a round-off margin)."""

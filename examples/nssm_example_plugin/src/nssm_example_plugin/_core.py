@@ -49,6 +49,7 @@ from nssm_core import (
     CoreSpec,
     RecurrenceStructure,
     ScanBackend,
+    recurrence_dtype,
     safety_margin,
     spectral_norm_upper,
 )
@@ -179,7 +180,9 @@ class RealDiagonal(CoreBase):
     # --8<-- [start:run]
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
-        dtype = u.dtype
+        # float32 or float64, also under bf16 autocast: decays and normalisers never run in half precision.
+        dtype = recurrence_dtype(u.dtype)
+        u = u.to(dtype)
         a = self.decays().to(dtype)
         b, c, d = (p.to(dtype) for p in (self.b, self.c, self.d))
         w_in = self._normalised(self.w_in).to(dtype)
