@@ -276,18 +276,51 @@ class DeepSSM(nn.Module):
             got = "a single tensor" if isinstance(state, torch.Tensor) else f"{len(state)} states"
             raise ValueError(f"state must be a list of {len(self.blocks)} tensors (one per block), got {got}")
 
+        scale = self.decoder_scale()
+        weight = self.decoder.weight if scale is None else self.decoder.weight * scale
+        length = self._inference_block_length(u)
+        if length is None:
+            y, final_states = self._run_blocks(u, state, mode, weight, keep_graph=True)
+        else:
+            # Without autograd, a long sequence runs in time blocks with the states carried between
+            # them: every temporary is then small enough to stay in cache and to reuse freed memory.
+            outputs = []
+            for start in range(0, u.shape[1], length):
+                part, state = self._run_blocks(u[:, start : start + length], state, mode, weight, keep_graph=False)
+                outputs.append(part)
+            y, final_states = torch.cat(outputs, dim=1), state
+        if detach_state:
+            final_states = [s.detach() for s in final_states]
+        self._carried_states = final_states
+        return y, final_states
+
+    inference_block_elements: int = 1 << 19
+    """Values per time block (batch x steps x d_model) when :meth:`forward` runs without autograd."""
+
+    def _inference_block_length(self, u: torch.Tensor) -> int | None:
+        """Return the time-block length for a forward pass without autograd, or ``None`` to run whole."""
+        if torch.is_grad_enabled():
+            return None
+        length = max(256, self.inference_block_elements // max(1, u.shape[0] * self.encoder.out_features))
+        return length if u.shape[1] >= 2 * length else None
+
+    def _run_blocks(
+        self,
+        u: torch.Tensor,
+        state: Sequence[torch.Tensor | None],
+        mode: str | ScanBackend,
+        decoder_weight: torch.Tensor,
+        *,
+        keep_graph: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run encoder, blocks and decoder on validated inputs; return ``(y, final states)``."""
         x = self.encoder(u)
         final_states = []
         for block, block_state in zip(self.blocks, state):
             x, states = block(x, state=block_state, mode=mode, check_finite=False)
-            last = states[:, -1]
-            final_states.append(last.detach() if detach_state else last)
-
-        scale = self.decoder_scale()
-        weight = self.decoder.weight if scale is None else self.decoder.weight * scale
-        y = torch.nn.functional.linear(x, weight)
-        self._carried_states = [s.detach() for s in final_states] if detach_state else final_states
-        return y, final_states
+            # Without a graph, a copy of the last state lets the block's state sequence be freed.
+            final_states.append(states[:, -1] if keep_graph else states[:, -1].clone())
+        return torch.nn.functional.linear(x, decoder_weight), final_states
 
     def step(
         self,

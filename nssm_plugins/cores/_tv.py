@@ -138,29 +138,173 @@ class _NormaliseTriple(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_a: torch.Tensor, grad_b: torch.Tensor, grad_c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        # Written with few temporaries and in-place updates: every fresh tensor of this size costs a
+        # round of page faults, which dominated an earlier version of this function.
         a, b, c = ctx.saved_tensors
         kappa = ctx.kappa
+        grad_a, grad_b, grad_c = (torch.zeros_like(a) if g is None else g for g in (grad_a, grad_b, grad_c))
         plus, minus, sum_bc, diff_bc = _norm_parts(a, b, c)
-        divisor = (plus + minus).mul_(0.5 * kappa)
+        divisor = torch.add(plus, minus).mul_(0.5 * kappa)
         active = divisor > 1.0
         divisor.clamp_(min=1.0)
-        grads = [torch.zeros_like(a) if g is None else g for g in (grad_a, grad_b, grad_c)]
-        # t = -kappa * sum_y g_y y / D^2 where D > 1, else 0.
-        weight = grads[0] * a
-        weight.addcmul_(grads[1], b).addcmul_(grads[2], c)
-        weight.div_(divisor).div_(divisor).mul_(-kappa).mul_(active)
-        inv_plus = torch.where(plus > 0, plus.reciprocal(), torch.zeros_like(plus))
-        inv_minus = torch.where(minus > 0, minus.reciprocal(), torch.zeros_like(minus))
-        half_weight = weight.mul_(0.5)
-        d_a = (inv_plus + inv_minus).mul_(a).mul_(half_weight)
+        # half_weight = -kappa / 2 * sum_y g_y y / D^2 where D > 1, else 0.
+        half_weight = grad_a * a
+        half_weight.addcmul_(grad_b, b).addcmul_(grad_c, c)
+        half_weight.div_(divisor).div_(divisor).mul_(-0.5 * kappa).mul_(active)
+        # P = 0 or Q = 0 only where its numerators (a, |b| + |c| or |b| - |c|) vanish too: the clamp keeps
+        # 1/P and 1/Q finite, and every ratio below lies in [0, 1] (or [-1, 1] for d/Q).
+        tiny = torch.finfo(a.dtype).tiny
+        inv_plus = plus.clamp_(min=tiny).reciprocal_()
+        inv_minus = minus.clamp_(min=tiny).reciprocal_()
+        d_a = torch.add(inv_plus, inv_minus).mul_(a).mul_(half_weight).addcdiv_(grad_a, divisor)
         ratio_plus = sum_bc.mul_(inv_plus)
         ratio_minus = diff_bc.mul_(inv_minus)
-        d_b = (ratio_plus + ratio_minus).mul_(b.sign()).mul_(half_weight)
-        d_c = ratio_plus.sub_(ratio_minus).mul_(c.sign()).mul_(half_weight)
-        out = []
-        for grad, extra in zip(grads, (d_a, d_b, d_c)):
-            out.append(extra.addcdiv_(grad, divisor))
-        return out[0], out[1], out[2], None
+        # s/P >= |d|/Q, so both combinations below are >= 0 and copysign applies sign(b) or sign(c).
+        d_b = torch.add(ratio_plus, ratio_minus).copysign_(b).mul_(half_weight).addcdiv_(grad_b, divisor)
+        d_c = ratio_plus.sub_(ratio_minus).copysign_(c).mul_(half_weight).addcdiv_(grad_c, divisor)
+        return d_a, d_b, d_c, None
+
+
+class _TVFront(torch.autograd.Function):
+    """The ``tv`` core from selector outputs to the scan's inputs, in one node: ``(a, b v, c)`` normalised.
+
+    Inputs: ``delta``, ``raw_b``, ``raw_c``, ``v`` (each ``(batch, time, d)``),
+    ``decay_bias`` and ``decay_rate`` (each ``(d,)``). With
+    $k = \\mathrm{softplus}(\\text{decay\\_rate})$ and
+    $p = \\mathrm{softplus}(\\delta + \\text{decay\\_bias})$, the triple is
+    $a = e^{-p k}$, $b = \\tanh(\\text{raw\\_b})$, $c = \\tanh(\\text{raw\\_c})$,
+    divided by $D$ as in :func:`normalise_triple`; the outputs are
+    $(a / D, (b / D) v, c / D)$. Only the four inputs are saved; the backward
+    pass recomputes the rest, using $\\partial a / \\partial \\delta = -k a \\,
+    \\mathrm{sigmoid}(\\delta + \\text{decay\\_bias})$,
+    $\\partial a / \\partial \\text{decay\\_rate} = -p a \\, \\mathrm{sigmoid}(\\text{decay\\_rate})$ and
+    $\\tanh' = 1 - \\tanh^2$. Temporaries are updated in place: a fresh
+    tensor of this size costs a round of page faults.
+    """
+
+    @staticmethod
+    def _triple(
+        delta: torch.Tensor, raw_b: torch.Tensor, raw_c: torch.Tensor, bias: torch.Tensor, rate: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(a, b, c, p)`` before normalisation, ``p`` the softplus of the shifted ``delta``."""
+        softplus_delta = nn.functional.softplus(delta + bias)
+        a = torch.mul(softplus_delta, -nn.functional.softplus(rate)).exp_()
+        return a, torch.tanh(raw_b), torch.tanh(raw_c), softplus_delta
+
+    @staticmethod
+    def _forward_block(
+        delta: torch.Tensor,
+        raw_b: torch.Tensor,
+        raw_c: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor,
+        rate: torch.Tensor,
+        kappa: float,
+        out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> None:
+        a, b, c, _ = _TVFront._triple(delta, raw_b, raw_c, bias, rate)
+        plus, minus, _, _ = _norm_parts(a, b, c)
+        inverse = plus.add_(minus).mul_(0.5 * kappa).clamp_(min=1.0).reciprocal_()
+        torch.mul(a, inverse, out=out[0])
+        torch.mul(b.mul_(inverse), v, out=out[1])
+        torch.mul(c, inverse, out=out[2])
+
+    @staticmethod
+    def _backward_block(
+        saved: tuple[torch.Tensor, ...],
+        grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        kappa: float,
+        out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the gradients of delta, raw_b, raw_c and v into ``out``; return those of bias and rate."""
+        delta, raw_b, raw_c, v, bias, rate = saved
+        grad_a, grad_drive, grad_c = grads
+        a, b, c, softplus_delta = _TVFront._triple(delta, raw_b, raw_c, bias, rate)
+        plus, minus, sum_bc, diff_bc = _norm_parts(a, b, c)
+        divisor = torch.add(plus, minus).mul_(0.5 * kappa)
+        active = divisor > 1.0
+        divisor.clamp_(min=1.0)
+        # The drive is (b / D) v: its gradient reaches v as g (b / D) and b / D as g v.
+        torch.mul(grad_drive, b, out=out[3]).div_(divisor)
+        grad_b = grad_drive * v
+
+        # Normalisation, as in _NormaliseTriple.backward.
+        half_weight = grad_a * a
+        half_weight.addcmul_(grad_b, b).addcmul_(grad_c, c)
+        half_weight.div_(divisor).div_(divisor).mul_(-0.5 * kappa).mul_(active)
+        tiny = torch.finfo(a.dtype).tiny
+        inv_plus = plus.clamp_(min=tiny).reciprocal_()
+        inv_minus = minus.clamp_(min=tiny).reciprocal_()
+        d_a = torch.add(inv_plus, inv_minus).mul_(a).mul_(half_weight).addcdiv_(grad_a, divisor)
+        ratio_plus = sum_bc.mul_(inv_plus)
+        ratio_minus = diff_bc.mul_(inv_minus)
+        d_b = torch.add(ratio_plus, ratio_minus).copysign_(b).mul_(half_weight).addcdiv_(grad_b, divisor)
+        d_c = ratio_plus.sub_(ratio_minus).copysign_(c).mul_(half_weight).addcdiv_(grad_c, divisor)
+
+        # Through tanh: 1 - tanh^2.
+        torch.mul(d_b, b.mul_(b).neg_().add_(1.0), out=out[1])
+        torch.mul(d_c, c.mul_(c).neg_().add_(1.0), out=out[2])
+        # Through a = exp(-e), e = p k: dL/de = -a dL/da; k = softplus(rate), p = softplus(delta + bias).
+        grad_exponent = d_a.mul_(a).neg_()
+        leading = tuple(range(a.ndim - 1))
+        grad_rate = (grad_exponent * softplus_delta).sum(dim=leading) * torch.sigmoid(rate)
+        sigmoid_shift = (delta + bias).sigmoid_()
+        grad_delta = torch.mul(grad_exponent, nn.functional.softplus(rate), out=out[0]).mul_(sigmoid_shift)
+        return grad_delta.sum(dim=leading), grad_rate
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        delta: torch.Tensor,
+        raw_b: torch.Tensor,
+        raw_c: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor,
+        rate: torch.Tensor,
+        kappa: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = tuple(torch.empty_like(delta) for _ in range(3))
+        for block in _time_blocks(delta):
+            _TVFront._forward_block(
+                delta[:, block], raw_b[:, block], raw_c[:, block], v[:, block], bias, rate, kappa,
+                tuple(o[:, block] for o in out),  # type: ignore[arg-type]
+            )
+        ctx.save_for_backward(delta, raw_b, raw_c, v, bias, rate)
+        ctx.kappa = kappa
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_a: torch.Tensor, grad_drive: torch.Tensor, grad_c: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        delta, bias, rate = saved[0], saved[4], saved[5]
+        grads = tuple(torch.zeros_like(delta) if g is None else g for g in (grad_a, grad_drive, grad_c))
+        out = tuple(torch.empty_like(delta) for _ in range(4))
+        grad_bias = torch.zeros_like(bias)
+        grad_rate = torch.zeros_like(rate)
+        for block in _time_blocks(delta):
+            block_bias, block_rate = _TVFront._backward_block(
+                tuple(x[:, block] for x in saved[:4]) + (bias, rate),
+                tuple(g[:, block] for g in grads),  # type: ignore[arg-type]
+                ctx.kappa,
+                tuple(o[:, block] for o in out),  # type: ignore[arg-type]
+            )
+            grad_bias += block_bias
+            grad_rate += block_rate
+        return out[0], out[1], out[2], out[3], grad_bias, grad_rate, None
+
+
+def _time_blocks(x: torch.Tensor, elements: int = 1 << 18) -> list[slice]:
+    """Slices of the time axis of ``x`` ``(batch, time, d)`` holding about ``elements`` values each.
+
+    Elementwise chains run block by block stay in cache and reuse freed
+    memory; on whole long sequences each temporary is a fresh allocation.
+    """
+    batch, steps, width = x.shape
+    length = max(1, elements // max(1, batch * width))
+    return [slice(start, start + length) for start in range(0, steps, length)]
 
 
 def normalise_triple(
@@ -265,13 +409,27 @@ class TV(CoreBase):
         """Return $W_{out}$ with $\\|W_{out}\\|_2 \\le 1$, ``(d_output, d_state)``."""
         return contraction(self.W_out)
 
+    def _select(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the selector's three outputs, each ``(batch, time, d_state)`` and contiguous.
+
+        The last linear map runs as three products on slices of its weight,
+        which avoids splitting one wide output and joining its gradient back.
+        """
+        last = self.selector if isinstance(self.selector, nn.Linear) else self.selector[-1]
+        hidden = u if isinstance(self.selector, nn.Linear) else self.selector[:-1](u)
+        n = self.d_state
+        return tuple(  # type: ignore[return-value]
+            nn.functional.linear(hidden, last.weight[i * n : (i + 1) * n], last.bias[i * n : (i + 1) * n])
+            for i in range(3)
+        )
+
     def triples(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return the normalised $(a, b, c)$, each ``(batch, time, d_state)``, for ``u`` of shape ``(batch, time, d_input)``.
 
         Every $[[a, b], [c, 0]]$ has spectral norm at most 1, and $a \\ge 0$.
         """
         dtype = recurrence_dtype(u.dtype)  # decays never in half precision
-        delta, raw_b, raw_c = self.selector(u.to(self.W_in.dtype)).to(dtype).chunk(3, dim=-1)
+        delta, raw_b, raw_c = (part.to(dtype) for part in self._select(u.to(self.W_in.dtype)))
         rate = nn.functional.softplus(delta + self.decay_bias.to(dtype)) * nn.functional.softplus(
             self.decay_rate.to(dtype)
         )
@@ -281,9 +439,13 @@ class TV(CoreBase):
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
         dtype = recurrence_dtype(u.dtype)
         u = u.to(dtype)
-        a, b, c = self.triples(u)
+        delta, raw_b, raw_c = (part.to(dtype) for part in self._select(u.to(self.W_in.dtype)))
         v = u @ (self.input_matrix().to(dtype) * self.gamma.to(dtype)).T
-        states = backend.diagonal(a, b * v, x0)
+        a, drives, c = _TVFront.apply(
+            delta, raw_b, raw_c, v.to(dtype), self.decay_bias.to(dtype), self.decay_rate.to(dtype),
+            1.0 + triple_margin(dtype),
+        )
+        states = backend.diagonal(a, drives, x0)
         y = (c * states[:, :-1]) @ self.output_matrix().to(dtype).T
         return y, states
 
