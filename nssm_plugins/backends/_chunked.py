@@ -207,13 +207,21 @@ def _run_scan(a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor, chunk: int) ->
     return states
 
 
-def _run_adjoint(a: torch.Tensor, grad_states: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Return the adjoint $\\mu_0 .. \\mu_T$: $\\mu_T = g_T$, $\\mu_k = g_k + \\bar a_k \\mu_{k+1}$."""
+def _run_adjoint(a: torch.Tensor, grad_states: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the adjoint $\\mu_k$ ($\\mu_T = g_T$, $\\mu_k = g_k + \\bar a_k \\mu_{k+1}$) as ``(mu_1 .. mu_T, mu_0)``.
+
+    ``mu_1 .. mu_T`` is a contiguous ``(batch, time, d)`` tensor: it is the
+    gradient of the drives, and matrix products downstream read it without a copy.
+    """
     batch, length, width = grad_states.shape
-    adjoint = torch.empty(batch, length, width, dtype=grad_states.dtype, device=grad_states.device)
-    adjoint[:, -1] = grad_states[:, -1]
-    _scan_into(adjoint[:, :-1], a.conj(), grad_states[:, :-1], grad_states[:, -1], chunk, reverse=True)
-    return adjoint
+    decays = a.conj()
+    later = torch.empty(batch, length - 1, width, dtype=grad_states.dtype, device=grad_states.device)
+    later[:, -1] = grad_states[:, -1]
+    inner = decays if decays.ndim == 1 else decays[:, 1:]
+    _scan_into(later[:, :-1], inner, grad_states[:, 1:-1], grad_states[:, -1], chunk, reverse=True)
+    first_decay = decays if decays.ndim == 1 else decays[:, 0]
+    first = torch.addcmul(grad_states[:, 0], first_decay, later[:, 0])
+    return later, first
 
 
 def _decay_gradient(adjoint: torch.Tensor, states: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -259,16 +267,15 @@ class _DiagonalScan(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_states: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
         a, states = ctx.saved_tensors
-        adjoint = _run_adjoint(a, grad_states.to(states.dtype), ctx.chunk)
+        later, first = _run_adjoint(a, grad_states.to(states.dtype), ctx.chunk)  # mu_1 .. mu_T and mu_0
 
         grad_a = grad_b = grad_x0 = None
-        later = adjoint[:, 1:]  # mu_{k+1} for k = 0 .. T-1
         if ctx.needs_input_grad[0]:
             grad_a = _decay_gradient(later, states[:, :-1], a)
         if ctx.needs_input_grad[1]:
             grad_b = later
         if ctx.needs_input_grad[2]:
-            grad_x0 = adjoint[:, 0]
+            grad_x0 = first
         return grad_a, grad_b, grad_x0, None
 
 

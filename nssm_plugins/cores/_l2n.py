@@ -190,7 +190,8 @@ class L2N(CoreBase):
 
         drives = pairs_to_complex(u @ k12.T)
         states = complex_to_pairs(backend.diagonal(eigenvalues, drives, pairs_to_complex(x0)))
-        y = states[:, :-1] @ k21.T + u @ k22.T
+        # All T + 1 states go through one contiguous product (no copy of a strided slice), then the last is dropped.
+        y = (states @ k21.T)[:, :-1] + u @ k22.T
         return y, states
 
     def bound(self) -> torch.Tensor:

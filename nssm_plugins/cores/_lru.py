@@ -121,7 +121,8 @@ class LRU(CoreBase):
         c_pairs = torch.stack([self.C_re, -self.C_im], dim=-1).flatten(-2).to(real_dtype)
         drives = pairs_to_complex(u @ b_pairs.T)
         states = backend.diagonal(lam, drives, x0)
-        y = complex_to_pairs(states[:, :-1]) @ c_pairs.T + u @ self.D.to(u.dtype).T
+        # All T + 1 states go through one contiguous product (no copy of a strided slice), then the last is dropped.
+        y = (complex_to_pairs(states) @ c_pairs.T)[:, :-1] + u @ self.D.to(u.dtype).T
         return y, states
 
     def lti_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
