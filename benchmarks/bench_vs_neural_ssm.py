@@ -182,11 +182,18 @@ def ensure_old_venv(venv: Path) -> Path:
     return python
 
 
+# glibc settings for --keep-freed-memory: never map large blocks separately and never give freed memory
+# back, so a freed tensor's pages are reused instead of being faulted in again for the next one.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
 def run_worker(python: Path, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter and return its result, or an ``error`` entry."""
     environment = dict(os.environ)
     environment["OMP_NUM_THREADS"] = str(spec["threads"])
     environment["MKL_NUM_THREADS"] = str(spec["threads"])
+    if spec.get("keep_freed_memory"):
+        environment.update(KEEP_FREED_MEMORY)
     command = [str(python), str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
@@ -246,7 +253,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     layer = args.layer or choose_layer(old_python)
     cores = list(args.cores)
     results: dict[str, Any] = {
-        "layer": layer, "mode": args.mode, "threads": args.threads, "clock": args.clock, "rows": []
+        "layer": layer, "mode": args.mode, "threads": args.threads, "clock": args.clock,
+        "keep_freed_memory": args.keep_freed_memory, "rows": []
     }
     previous_old_peak: dict[tuple[str, str], tuple[int, float]] = {}
 
@@ -258,7 +266,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for task in TASKS:
                 row: dict[str, Any] = {"core": core, "length": length, "task": task}
                 base = {"param": core, "ff": layer, "length": length, "task": task, "threads": args.threads,
-                        "repeats": repeats, "mode": args.mode, "clock": args.clock}
+                        "repeats": repeats, "mode": args.mode, "clock": args.clock,
+                        "keep_freed_memory": args.keep_freed_memory}
                 old_skip = None
                 if (core, task) in previous_old_peak:
                     old_length, old_peak = previous_old_peak[(core, task)]
@@ -309,7 +318,9 @@ def render(results: dict[str, Any]) -> str:
         f"Static layer {results['layer']}, nssm mode={results['mode']!r}, neural-ssm mode='scan', "
         f"{results['threads']} threads, {results['clock']} clock. Times in seconds, the fastest timed run over all "
         "rounds; "
-        "peak memory is the worker's maximum resident set in MB.",
+        "peak memory is the worker's maximum resident set in MB."
+        + (" Both libraries ran with glibc's " + ", ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items()) + "."
+           if results.get("keep_freed_memory") else ""),
         "",
         "| core | steps | task | nssm s | neural-ssm s | speed-up | floor s | nssm / floor | nssm MB | neural-ssm MB | memory ratio |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -345,7 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536], help="Sequence lengths.")
     parser.add_argument("--cores", nargs="+", default=["lru", "l2n", "tv"], help="Core names to compare.")
     parser.add_argument("--layer", help="Static layer name; default TLIP if both libraries have it, else LGLU.")
-    parser.add_argument("--mode", default="chunked", help="nssm scan backend (mode=) to time. Default: chunked.")
+    parser.add_argument("--mode", default="scan", help="nssm scan backend (mode=) to time. Default: scan.")
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true",
+        help="Run both libraries with glibc settings that reuse freed memory instead of returning it to the system.",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads per measurement. Default: 2.")
     parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall",
