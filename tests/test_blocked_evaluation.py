@@ -12,7 +12,7 @@ from nssm_plugins.cores._tv import TV
 
 
 @pytest.mark.parametrize("param", get_registry().names(PluginKind.CORE))
-def test_no_grad_forward_in_time_blocks_equals_whole_sequence(param: str) -> None:
+def test_blocked_forward_equals_whole(param: str) -> None:
     torch.manual_seed(0)
     width = 4  # l2ru needs d_state == d_model
     gamma = None if param == "lru" else 2.0
@@ -53,7 +53,7 @@ def tv_reference(core: TV, u: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_tv_fused_front_matches_separate_operations(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tv_fused_front_matches_unfused(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     original = _tv._time_blocks
     monkeypatch.setattr(_tv, "_time_blocks", lambda x: original(x, elements=60))  # several blocks per call
     torch.manual_seed(0)

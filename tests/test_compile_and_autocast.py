@@ -46,7 +46,7 @@ def require_torch_compile() -> None:
 
 
 @pytest.mark.parametrize(("param", "backend"), core_backend_pairs())
-def test_compiled_core_and_backend_match_eager(param: str, backend: str) -> None:
+def test_compiled_core_matches_eager(param: str, backend: str) -> None:
     require_torch_compile()
     torch.manual_seed(0)
     model = build(param, n_layers=1)
@@ -92,7 +92,7 @@ FULL_PRECISION = {torch.float32, torch.float64, torch.complex64, torch.complex12
 
 
 @pytest.mark.parametrize("param", core_names())
-def test_bf16_autocast_keeps_recurrences_in_float32(param: str) -> None:
+def test_bf16_recurrences_stay_float32(param: str) -> None:
     torch.manual_seed(0)
     model = build(param, width=8).eval()
     u = torch.randn(3, 64, 2)
@@ -113,7 +113,7 @@ def test_bf16_autocast_keeps_recurrences_in_float32(param: str) -> None:
 
 
 @pytest.mark.parametrize("param", [name for name in core_names() if name != "lru"])
-def test_bf16_autocast_eval_stays_within_certificate(param: str) -> None:
+def test_bf16_gain_within_certificate(param: str) -> None:
     torch.manual_seed(1)
     model = build(param, width=8).eval()
     bound = model.certificate().bound

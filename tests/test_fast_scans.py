@@ -13,6 +13,7 @@ import torch
 from nssm_core import DeepSSM, PluginKind, RecurrenceStructure, get_registry
 from nssm_core.testing import check_core_equivalence
 from nssm_plugins.backends import ChunkedScanBackend, LoopBackend
+from nssm_plugins.backends import _chunked
 from nssm_plugins.backends._chunked import chunked_diagonal_scan
 
 TOLERANCE = 1e-10  # float64, relative to max(1, largest magnitude)
@@ -90,11 +91,15 @@ def sequential_gradients(
 
 @pytest.mark.parametrize("complex_valued", [False, True], ids=["real", "complex"])
 @pytest.mark.parametrize("decay_shape", ["invariant", "varying", "shared"])
-@pytest.mark.parametrize("chunk_size", [2, 3, 16])
-def test_chunked_matches_loop_with_gradients(complex_valued: bool, decay_shape: str, chunk_size: int) -> None:
+@pytest.mark.parametrize(("chunk_size", "block_elements"), [(2, 1 << 20), (3, 1 << 20), (16, 1 << 20), (3, 100)])
+def test_chunked_matches_loop_with_gradients(
+    complex_valued: bool, decay_shape: str, chunk_size: int, block_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 100 values per time block splits every sequence of more than 6 steps (batch 3, width 5) into blocks.
+    monkeypatch.setattr(_chunked, "BLOCK_ELEMENTS", block_elements)
     backend = ChunkedScanBackend(chunk_size=chunk_size)
     for steps in (1, 2, 7, 31, 32, 33, 100, 257):
-        case = f"steps={steps} chunk_size={chunk_size} {decay_shape} complex={complex_valued}"
+        case = f"steps={steps} chunk_size={chunk_size} blocks of {block_elements} {decay_shape} complex={complex_valued}"
         a, b, x0 = random_problem(3, steps, 5, complex_valued=complex_valued, decay_shape=decay_shape, seed=steps)
         for tensor in (a, b, x0):
             tensor.requires_grad_(True)

@@ -198,12 +198,38 @@ def _scan_varying_into(
         state = out[:, t]
 
 
+BLOCK_ELEMENTS = 1 << 20
+"""Values (batch x steps x d) per time block of :func:`_scan_blocks`."""
+
+
+def _scan_blocks(
+    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, boundary: torch.Tensor, chunk: int, reverse: bool
+) -> None:
+    """:func:`_scan_into` run over consecutive time blocks, each starting from the state the previous one ended in.
+
+    Each block's temporaries are then a few MB, small enough to stay in cache
+    and to reuse freed memory, where one pass over a long sequence would
+    allocate fresh pages for each of them.
+    """
+    batch, steps, width = b.shape
+    length = max(1, BLOCK_ELEMENTS // max(1, batch * width))
+    starts = list(range(0, steps, length))
+    for start in reversed(starts) if reverse else starts:
+        block = slice(start, min(start + length, steps))
+        decays = a if a.ndim == 1 else a[:, block]
+        if reverse:
+            entry = boundary if block.stop == steps else out[:, block.stop]
+        else:
+            entry = boundary if start == 0 else out[:, start - 1]
+        _scan_into(out[:, block], decays, b[:, block], entry, chunk, reverse)
+
+
 def _run_scan(a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor, chunk: int) -> torch.Tensor:
     """Return ``x_0 .. x_T``, ``(batch, time + 1, d)``, without recording gradients."""
     batch, steps, width = b.shape
     states = torch.empty(batch, steps + 1, width, dtype=b.dtype, device=b.device)
     states[:, 0] = x0
-    _scan_into(states[:, 1:], a, b, x0, chunk, reverse=False)
+    _scan_blocks(states[:, 1:], a, b, x0, chunk, reverse=False)
     return states
 
 
@@ -218,7 +244,7 @@ def _run_adjoint(a: torch.Tensor, grad_states: torch.Tensor, chunk: int) -> tupl
     later = torch.empty(batch, length - 1, width, dtype=grad_states.dtype, device=grad_states.device)
     later[:, -1] = grad_states[:, -1]
     inner = decays if decays.ndim == 1 else decays[:, 1:]
-    _scan_into(later[:, :-1], inner, grad_states[:, 1:-1], grad_states[:, -1], chunk, reverse=True)
+    _scan_blocks(later[:, :-1], inner, grad_states[:, 1:-1], grad_states[:, -1], chunk, reverse=True)
     first_decay = decays if decays.ndim == 1 else decays[:, 0]
     first = torch.addcmul(grad_states[:, 0], first_decay, later[:, 0])
     return later, first

@@ -90,10 +90,12 @@ def triple_margin(dtype: torch.dtype) -> float:
     operation of the norm (two sums, two squares, two fused or separate
     multiply-adds, two square roots, a sum and the scaling) loses at most a
     factor $1 - u$ or $1 - 2u$, so the computed norm is at least
-    $\\sigma (1 - 6u)$ up to $O(u^2)$; rounding the three quotients raises the
-    norm of the stored matrix by at most $1 + \\sqrt{2} u$ (a rank-2 matrix has
-    $\\| |M| \\|_2 \\le \\|M\\|_F \\le \\sqrt 2 \\|M\\|_2$). Any margin above about
-    $8u$ therefore keeps the stored matrix a contraction; $64u$ is used.
+    $\\sigma (1 - 6u)$ up to $O(u^2)$. Dividing by it (or multiplying by its
+    rounded reciprocal) rounds each stored entry up by at most a factor
+    $(1 + u)^2$, which raises the norm of the stored matrix by at most
+    $1 + 2\\sqrt{2} u$ (a rank-2 matrix has $\\| |M| \\|_2 \\le \\|M\\|_F \\le \\sqrt 2 \\|M\\|_2$).
+    Any margin above about $9u$ therefore keeps the stored matrix a
+    contraction; $64u$ is used.
     """
     unit = float(torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps) / 2
     return 64.0 * unit
@@ -138,31 +140,45 @@ class _NormaliseTriple(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_a: torch.Tensor, grad_b: torch.Tensor, grad_c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
-        # Written with few temporaries and in-place updates: every fresh tensor of this size costs a
-        # round of page faults, which dominated an earlier version of this function.
         a, b, c = ctx.saved_tensors
-        kappa = ctx.kappa
-        grad_a, grad_b, grad_c = (torch.zeros_like(a) if g is None else g for g in (grad_a, grad_b, grad_c))
-        plus, minus, sum_bc, diff_bc = _norm_parts(a, b, c)
-        divisor = torch.add(plus, minus).mul_(0.5 * kappa)
-        active = divisor > 1.0
-        divisor.clamp_(min=1.0)
-        # half_weight = -kappa / 2 * sum_y g_y y / D^2 where D > 1, else 0.
-        half_weight = grad_a * a
-        half_weight.addcmul_(grad_b, b).addcmul_(grad_c, c)
-        half_weight.div_(divisor).div_(divisor).mul_(-0.5 * kappa).mul_(active)
-        # P = 0 or Q = 0 only where its numerators (a, |b| + |c| or |b| - |c|) vanish too: the clamp keeps
-        # 1/P and 1/Q finite, and every ratio below lies in [0, 1] (or [-1, 1] for d/Q).
-        tiny = torch.finfo(a.dtype).tiny
-        inv_plus = plus.clamp_(min=tiny).reciprocal_()
-        inv_minus = minus.clamp_(min=tiny).reciprocal_()
-        d_a = torch.add(inv_plus, inv_minus).mul_(a).mul_(half_weight).addcdiv_(grad_a, divisor)
-        ratio_plus = sum_bc.mul_(inv_plus)
-        ratio_minus = diff_bc.mul_(inv_minus)
-        # s/P >= |d|/Q, so both combinations below are >= 0 and copysign applies sign(b) or sign(c).
-        d_b = torch.add(ratio_plus, ratio_minus).copysign_(b).mul_(half_weight).addcdiv_(grad_b, divisor)
-        d_c = ratio_plus.sub_(ratio_minus).copysign_(c).mul_(half_weight).addcdiv_(grad_c, divisor)
+        grads = tuple(torch.zeros_like(a) if g is None else g for g in (grad_a, grad_b, grad_c))
+        d_a, d_b, d_c, _ = _normalisation_grads(a, b, c, grads, ctx.kappa)  # type: ignore[arg-type]
         return d_a, d_b, d_c, None
+
+
+def _normalisation_grads(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    kappa: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the gradients of $(a, b, c)$ through $x \\mapsto x / D$ (see :class:`_NormaliseTriple`) and $D$.
+
+    Written with few temporaries and in-place updates, because every fresh
+    tensor of this size costs a round of page faults.
+    """
+    grad_a, grad_b, grad_c = grads
+    plus, minus, sum_bc, diff_bc = _norm_parts(a, b, c)
+    divisor = torch.add(plus, minus).mul_(0.5 * kappa)
+    active = divisor > 1.0
+    divisor.clamp_(min=1.0)
+    # half_weight = -kappa / 2 * sum_y g_y y / D^2 where D > 1, else 0.
+    half_weight = grad_a * a
+    half_weight.addcmul_(grad_b, b).addcmul_(grad_c, c)
+    half_weight.div_(divisor).div_(divisor).mul_(-0.5 * kappa).mul_(active)
+    # P = 0 or Q = 0 only where its numerators (a, |b| + |c| or |b| - |c|) vanish too. The clamp keeps
+    # 1/P and 1/Q finite, and every ratio below lies in [0, 1] (or [-1, 1] for d/Q).
+    tiny = torch.finfo(a.dtype).tiny
+    inv_plus = plus.clamp_(min=tiny).reciprocal_()
+    inv_minus = minus.clamp_(min=tiny).reciprocal_()
+    d_a = torch.add(inv_plus, inv_minus).mul_(a).mul_(half_weight).addcdiv_(grad_a, divisor)
+    ratio_plus = sum_bc.mul_(inv_plus)
+    ratio_minus = diff_bc.mul_(inv_minus)
+    # s/P >= |d|/Q, so both combinations below are >= 0 and copysign applies sign(b) or sign(c).
+    d_b = torch.add(ratio_plus, ratio_minus).copysign_(b).mul_(half_weight).addcdiv_(grad_b, divisor)
+    d_c = ratio_plus.sub_(ratio_minus).copysign_(c).mul_(half_weight).addcdiv_(grad_c, divisor)
+    return d_a, d_b, d_c, divisor
 
 
 class _TVFront(torch.autograd.Function):
@@ -220,26 +236,10 @@ class _TVFront(torch.autograd.Function):
         delta, raw_b, raw_c, v, bias, rate = saved
         grad_a, grad_drive, grad_c = grads
         a, b, c, softplus_delta = _TVFront._triple(delta, raw_b, raw_c, bias, rate)
-        plus, minus, sum_bc, diff_bc = _norm_parts(a, b, c)
-        divisor = torch.add(plus, minus).mul_(0.5 * kappa)
-        active = divisor > 1.0
-        divisor.clamp_(min=1.0)
-        # The drive is (b / D) v: its gradient reaches v as g (b / D) and b / D as g v.
-        torch.mul(grad_drive, b, out=out[3]).div_(divisor)
+        # The drive is (b / D) v: its gradient reaches b / D as g v, and v as g (b / D).
         grad_b = grad_drive * v
-
-        # Normalisation, as in _NormaliseTriple.backward.
-        half_weight = grad_a * a
-        half_weight.addcmul_(grad_b, b).addcmul_(grad_c, c)
-        half_weight.div_(divisor).div_(divisor).mul_(-0.5 * kappa).mul_(active)
-        tiny = torch.finfo(a.dtype).tiny
-        inv_plus = plus.clamp_(min=tiny).reciprocal_()
-        inv_minus = minus.clamp_(min=tiny).reciprocal_()
-        d_a = torch.add(inv_plus, inv_minus).mul_(a).mul_(half_weight).addcdiv_(grad_a, divisor)
-        ratio_plus = sum_bc.mul_(inv_plus)
-        ratio_minus = diff_bc.mul_(inv_minus)
-        d_b = torch.add(ratio_plus, ratio_minus).copysign_(b).mul_(half_weight).addcdiv_(grad_b, divisor)
-        d_c = ratio_plus.sub_(ratio_minus).copysign_(c).mul_(half_weight).addcdiv_(grad_c, divisor)
+        d_a, d_b, d_c, divisor = _normalisation_grads(a, b, c, (grad_a, grad_b, grad_c), kappa)
+        torch.mul(grad_drive, b, out=out[3]).div_(divisor)
 
         # Through tanh: 1 - tanh^2.
         torch.mul(d_b, b.mul_(b).neg_().add_(1.0), out=out[1])
@@ -299,8 +299,9 @@ class _TVFront(torch.autograd.Function):
 def _time_blocks(x: torch.Tensor, elements: int = 1 << 18) -> list[slice]:
     """Slices of the time axis of ``x`` ``(batch, time, d)`` holding about ``elements`` values each.
 
-    Elementwise chains run block by block stay in cache and reuse freed
-    memory; on whole long sequences each temporary is a fresh allocation.
+    Elementwise chains that run block by block stay in cache and reuse
+    freed memory, where on a whole long sequence each temporary is a fresh
+    allocation.
     """
     batch, steps, width = x.shape
     length = max(1, elements // max(1, batch * width))

@@ -148,7 +148,7 @@ class _CenteredPairSort(torch.autograd.Function):
         low_first, low_second = p + r1, q + r2
         low = torch.minimum(low_first, low_second)
         high = torch.maximum(p - r2, q - r1)
-        # In exact arithmetic p + r1 <= q + r2 holds exactly when p - r2 <= q - r1, so one mask routes both outputs.
+        # In exact arithmetic p + r1 <= q + r2 is true exactly when p - r2 <= q - r1, so one mask routes both outputs.
         first = low_first <= low_second
         return torch.stack([low, high], dim=-1).flatten(-2), first
 
