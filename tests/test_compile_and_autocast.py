@@ -97,7 +97,8 @@ def test_bf16_recurrences_stay_float32(param: str) -> None:
     model = build(param, width=8).eval()
     u = torch.randn(3, 64, 2)
     backend = RecordingBackend("scan")
-    reference, _ = model(u)
+    with torch.no_grad():
+        reference, _ = model(u)
     bound_before = model.certificate().bound
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y, states = model(u, mode=backend)
