@@ -36,6 +36,8 @@ def check_input(u: object, d_input: int, *, name: str = "u", check_finite: bool 
     Inputs of shape ``(time, d_input)`` or ``(d_input,)`` get leading batch
     (and time) axes of size 1. ``check_finite=False`` skips the scan for NaN
     and inf, a full pass over ``u``, for callers that have checked it already.
+    Inside ``torch.compile`` the scan is always skipped, so the compiled graph
+    has no data-dependent branch.
 
     Raises:
         TypeError: If ``u`` is not a floating-point tensor.
@@ -62,7 +64,8 @@ def check_input(u: object, d_input: int, *, name: str = "u", check_finite: bool 
         )
     if u.shape[1] == 0:
         raise ValueError(f"{name} has an empty time axis (shape {tuple(u.shape)}); pass at least one time step")
-    if check_finite and not bool(torch.isfinite(u).all()):
+    # Under torch.compile the check is skipped: reading a tensor's value would split the compiled graph.
+    if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(u).all()):
         bad = int((~torch.isfinite(u)).sum())
         raise ValueError(f"{name} contains {bad} NaN or inf values; clean or mask the data before calling the model")
     return u

@@ -152,11 +152,13 @@ def spectral_norm_upper(weight: torch.Tensor) -> torch.Tensor:
     if weight.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=weight.device)
     wide = weight.to(torch.complex128 if weight.is_complex() else torch.float64)
-    if not bool(torch.isfinite(wide).all()):
-        # The SVD fails on NaN or inf; a NaN bound makes every certificate built on it invalid.
-        return torch.full((), math.nan, dtype=torch.float64, device=weight.device)
-    sigma = torch.linalg.matrix_norm(wide, ord=2)
-    return sigma * (1.0 + safety_margin(torch.float64))
+    # The SVD fails on NaN or inf, so it runs on a copy with those entries zeroed, and the result becomes
+    # NaN, which makes every certificate built on it invalid. No branch reads a tensor's value, so
+    # torch.compile keeps this in one graph.
+    entries_finite = torch.isfinite(wide)
+    sigma = torch.linalg.matrix_norm(torch.where(entries_finite, wide, torch.zeros_like(wide)), ord=2)
+    nan = torch.full((), math.nan, dtype=torch.float64, device=weight.device)
+    return torch.where(entries_finite.all(), sigma * (1.0 + safety_margin(torch.float64)), nan)
 
 
 def contraction(weight: torch.Tensor) -> torch.Tensor:

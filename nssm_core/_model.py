@@ -295,13 +295,27 @@ class DeepSSM(nn.Module):
         return y, final_states
 
     inference_block_elements: int = 1 << 19
-    """Values per time block (batch x steps x d_model) when :meth:`forward` runs without autograd."""
+    """Values per time block (batch x steps x d_model) when :meth:`forward` runs without autograd.
+
+    A positive integer; blocks are at least 256 steps long, and a sequence
+    shorter than two blocks runs whole.
+    """
 
     def _inference_block_length(self, u: torch.Tensor) -> int | None:
-        """Return the time-block length for a forward pass without autograd, or ``None`` to run whole."""
+        """Return the time-block length for a forward pass without autograd, or ``None`` to run whole.
+
+        Raises:
+            ValueError: If ``inference_block_elements`` is not a positive integer.
+        """
         if torch.is_grad_enabled():
             return None
-        length = max(256, self.inference_block_elements // max(1, u.shape[0] * self.encoder.out_features))
+        elements = self.inference_block_elements
+        if isinstance(elements, bool) or not isinstance(elements, int) or elements <= 0:
+            raise ValueError(
+                f"inference_block_elements must be a positive integer (values per time block), got {elements!r}; "
+                f"the default is {DeepSSM.inference_block_elements}"
+            )
+        length = max(256, elements // max(1, u.shape[0] * self.encoder.out_features))
         return length if u.shape[1] >= 2 * length else None
 
     def _run_blocks(

@@ -78,3 +78,11 @@ def test_tv_fused_front_matches_unfused(dtype: torch.dtype, monkeypatch: pytest.
         assert (got is None) == (want is None)
         if got is not None:
             torch.testing.assert_close(got, want, rtol=10 * tolerance, atol=10 * tolerance)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, None, True])
+def test_invalid_block_elements_rejected(bad: object) -> None:
+    model = DeepSSM(1, 1, d_model=4, d_state=4, n_layers=1, param="l2n", ff="TLIP", gamma=2.0)
+    model.inference_block_elements = bad  # type: ignore[assignment]
+    with torch.no_grad(), pytest.raises(ValueError, match="inference_block_elements must be a positive integer"):
+        model(torch.zeros(1, 10, 1))
