@@ -80,6 +80,8 @@ def test_train_user_csv_with_test_fraction(tmp_path):
         (["--data", "missing.csv", "--inputs", "a", "--outputs", "b", "--test-fraction", "0.2"], "not found"),
         (["--param", "lru", "--ff", "GLU", "--gamma", "2"], "no certified bound"),
         (["--epochs", "0"], "--epochs must be positive"),
+        (["--gama", "2"], "unrecognized arguments: --gama 2; did you mean --gamma?"),
+        (["--gama", "2", "--patiense", "3"], "did you mean --gamma for --gama, --patience for --patiense?"),
     ],
 )
 def test_train_bad_arguments(tmp_path, capsys, arguments, message):

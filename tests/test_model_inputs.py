@@ -130,3 +130,9 @@ def test_step_rejects_bad_rank(model):
 def test_input_dtype_mismatch_named(model):
     with pytest.raises(TypeError, match=r"torch.float32.*model.to"):
         model(torch.randn(2, 5, 3, dtype=torch.float32))
+
+
+def test_channel_error_shows_given_shape():
+    model = DeepSSM(2, 1, d_model=4, d_state=4, n_layers=1, param="l2n", ff="TLIP", gamma=2.0)
+    with pytest.raises(ValueError, match=r"shape \(10, 3\)\), but the model expects d_input=2"):
+        model(torch.zeros(10, 3))

@@ -7,6 +7,7 @@ function that registers it and sets ``handler`` on its parser.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -53,6 +54,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _describe_unknown(parser: argparse.ArgumentParser, command: str, unknown: Sequence[str]) -> str:
+    """Return an error message for unrecognized arguments, with the closest options of ``command``."""
+    options: list[str] = []
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        subparser = getattr(action, "choices", {}).get(command)
+        if subparser is not None:
+            options = [flag for item in subparser._actions for flag in item.option_strings]
+    message = "unrecognized arguments: " + " ".join(unknown)
+    hints = {}
+    for argument in unknown:
+        flag = argument.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, options, n=1) if flag.startswith("-") else []
+        if close:
+            hints[flag] = close[0]
+    if len(hints) == 1:
+        message += f"; did you mean {next(iter(hints.values()))}?"
+    elif hints:
+        message += "; did you mean " + ", ".join(f"{option} for {flag}" for flag, option in hints.items()) + "?"
+    return message + f" See nssm {command} --help."
+
+
 def _environment_world_size() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
@@ -62,7 +84,10 @@ def _environment_world_size() -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        print(f"nssm {args.command}: error: {_describe_unknown(parser, args.command, unknown)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
