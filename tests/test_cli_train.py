@@ -73,6 +73,15 @@ def test_train_user_csv_with_test_fraction(tmp_path):
     assert math.isfinite(metrics["test_rmse"])
 
 
+@pytest.mark.parametrize("columns", [["a,b"], ["a", "b"], ["a,", "b"]])
+def test_train_inputs_spaces_or_commas(columns):
+    from nssm_core.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--inputs", *columns, "--outputs", "out"])
+    assert args.inputs == ["a", "b"]
+    assert args.outputs == ["out"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -78,6 +78,19 @@ def _column_list(text: str) -> list[str]:
     return names
 
 
+class _JoinColumns(argparse.Action):
+    """Store the column names of all values (``a b``, ``a,b`` or both) as one flat list."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, [name for names in values for name in names])  # type: ignore[union-attr]
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (SSMConfig fields)")
     for name, info in SSMConfig.model_fields.items():
@@ -125,8 +138,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="Training data: a CSV file with a header row, a glob such as 'runs/*.csv', or an .npz file of "
         "records (u_0, y_0, u_1, y_1, ...). Repeat for several; without it, the bundled Cascaded Tanks data.",
     )
-    data.add_argument("--inputs", type=_column_list, help="Comma-separated input column names of the CSV files.")
-    data.add_argument("--outputs", type=_column_list, help="Comma-separated output column names of the CSV files.")
+    data.add_argument(
+        "--inputs", nargs="+", type=_column_list, action=_JoinColumns, metavar="COLUMN",
+        help="Input column names of the CSV files, separated by spaces or commas.",
+    )
+    data.add_argument(
+        "--outputs", nargs="+", type=_column_list, action=_JoinColumns, metavar="COLUMN",
+        help="Output column names of the CSV files, separated by spaces or commas.",
+    )
     data.add_argument("--test-data", action="append", metavar="PATH", help="Test records, in the forms --data takes.")
     data.add_argument(
         "--test-fraction", type=float, help="Fraction of each --data record held out from its end as test data."
