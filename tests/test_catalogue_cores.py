@@ -254,6 +254,46 @@ def test_tv_contraction_norm_matches_svd() -> None:
     assert bool((closed >= exact * (1 - 1e-15)).all())
 
 
+def _hard_triples(count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw float32 triples in the ranges the core produces (a in [0, 1], b and c in [-1, 1]), edges included."""
+    generator = torch.Generator().manual_seed(3)
+    a = torch.rand(count, generator=generator)
+    b = torch.rand(count, generator=generator) * 2 - 1
+    c = torch.rand(count, generator=generator) * 2 - 1
+    a[:100] = 0.0  # the norm's second square root can vanish
+    b[100:200] = c[100:200]  # |b| = |c|
+    a[200:300], b[200:300], c[200:300] = 1.0, 1.0, -1.0  # the largest norm
+    b[300:400] = 0.0
+    a[400:500] = 1.0 - torch.rand(100, generator=generator) * 1e-6  # decays just below 1
+    return a, b, c
+
+
+def test_tv_float32_normalised_triples_are_contractions() -> None:
+    from nssm_plugins.cores._tv import _TVFront, normalise_triple, triple_margin
+
+    a, b, c = _hard_triples(20000)
+    ones = torch.ones(1, 20000, 1)
+    # The fused front takes the raw selector values, so invert its softplus, exp and tanh on exact inputs.
+    rate = torch.zeros(1)
+    softplus_one = torch.nn.functional.softplus(rate)
+    exponent = (-torch.log(a.double()) / softplus_one.double()).clamp(min=1e-30)
+    delta = torch.log(torch.expm1(exponent)).float()
+    raw_b = torch.atanh(b.double().clamp(-1 + 1e-7, 1 - 1e-7)).float()
+    raw_c = torch.atanh(c.double().clamp(-1 + 1e-7, 1 - 1e-7)).float()
+    fused = _TVFront.apply(
+        delta.view(1, -1, 1), raw_b.view(1, -1, 1), raw_c.view(1, -1, 1), ones, torch.zeros(1), rate,
+        1.0 + triple_margin(torch.float32),
+    )
+    for name, (x, y, z) in (("normalise_triple", normalise_triple(a, b, c)), ("fused front", fused)):
+        assert x.dtype == torch.float32, name
+        matrices = torch.stack(
+            [torch.stack([x, y], -1), torch.stack([z, torch.zeros_like(x)], -1)], -2
+        ).double().reshape(-1, 2, 2)
+        largest = float(torch.linalg.matrix_norm(matrices, ord=2).max())
+        assert largest <= 1.0, f"{name}: a stored float32 triple has norm {largest!r} > 1"
+        assert largest > 1.0 - 1e-4, f"{name}: the largest norm {largest!r} is not at the boundary"
+
+
 @pytest.mark.parametrize("scale", [1.0, 1e-4, 1e4])
 def test_tv_worst_case_random_and_extreme(scale: float, record_property: Callable[[str, object], None]) -> None:
     worst = 0.0

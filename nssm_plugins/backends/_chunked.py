@@ -38,6 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nssm_core import RecurrenceStructure
 
+from .._blocks import time_blocks
+
 __all__ = ["ChunkedOptions", "ChunkedScanBackend", "chunked_diagonal_scan"]
 
 DEFAULT_CHUNK = 64
@@ -205,22 +207,18 @@ BLOCK_ELEMENTS = 1 << 20
 def _scan_blocks(
     out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, boundary: torch.Tensor, chunk: int, reverse: bool
 ) -> None:
-    """:func:`_scan_into` run over consecutive time blocks, each starting from the state the previous one ended in.
+    """Run :func:`_scan_into` over consecutive time blocks, each starting from the state the previous one ended in.
 
-    Each block's temporaries are then a few MB, small enough to stay in cache
-    and to reuse freed memory, where one pass over a long sequence would
-    allocate fresh pages for each of them.
+    Each block's temporaries are then a few MB (see :func:`time_blocks`).
     """
-    batch, steps, width = b.shape
-    length = max(1, BLOCK_ELEMENTS // max(1, batch * width))
-    starts = list(range(0, steps, length))
-    for start in reversed(starts) if reverse else starts:
-        block = slice(start, min(start + length, steps))
+    steps = b.shape[1]
+    blocks = time_blocks(tuple(b.shape), BLOCK_ELEMENTS)
+    for block in reversed(blocks) if reverse else blocks:
         decays = a if a.ndim == 1 else a[:, block]
         if reverse:
             entry = boundary if block.stop == steps else out[:, block.stop]
         else:
-            entry = boundary if start == 0 else out[:, start - 1]
+            entry = boundary if block.start == 0 else out[:, block.start - 1]
         _scan_into(out[:, block], decays, b[:, block], entry, chunk, reverse)
 
 

@@ -38,6 +38,7 @@ from nssm_core import (
     recurrence_dtype,
 )
 
+from .._blocks import time_blocks
 from ._l2n import initial_block_gamma
 
 __all__ = ["TV", "TVOptions", "contraction_norm_2x2", "normalise_triple", "triple_margin"]
@@ -112,6 +113,12 @@ def _norm_parts(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torc
     return plus, minus, sum_bc, diff_bc
 
 
+def _divisor(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Return $D = \\max(1, \\kappa \\sigma)$, $\\sigma$ the norm of :func:`contraction_norm_2x2` in the inputs' dtype."""
+    plus, minus, _, _ = _norm_parts(a, b, c)
+    return plus.add_(minus).mul_(0.5 * kappa).clamp_(min=1.0)
+
+
 class _NormaliseTriple(torch.autograd.Function):
     """$(a, b, c) \\mapsto (a, b, c) / D$ with $D = \\max(1, \\kappa \\sigma)$, fused, with a hand-written gradient.
 
@@ -129,8 +136,7 @@ class _NormaliseTriple(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kappa: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        plus, minus, _, _ = _norm_parts(a, b, c)
-        divisor = plus.add_(minus).mul_(0.5 * kappa).clamp_(min=1.0)
+        divisor = _divisor(a, b, c, kappa)
         ctx.save_for_backward(a, b, c)
         ctx.kappa = kappa
         return a / divisor, b / divisor, c / divisor
@@ -219,8 +225,7 @@ class _TVFront(torch.autograd.Function):
         out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     ) -> None:
         a, b, c, _ = _TVFront._triple(delta, raw_b, raw_c, bias, rate)
-        plus, minus, _, _ = _norm_parts(a, b, c)
-        inverse = plus.add_(minus).mul_(0.5 * kappa).clamp_(min=1.0).reciprocal_()
+        inverse = _divisor(a, b, c, kappa).reciprocal_()
         torch.mul(a, inverse, out=out[0])
         torch.mul(b.mul_(inverse), v, out=out[1])
         torch.mul(c, inverse, out=out[2])
@@ -297,15 +302,8 @@ class _TVFront(torch.autograd.Function):
 
 
 def _time_blocks(x: torch.Tensor, elements: int = 1 << 18) -> list[slice]:
-    """Slices of the time axis of ``x`` ``(batch, time, d)`` holding about ``elements`` values each.
-
-    Elementwise chains that run block by block stay in cache and reuse
-    freed memory, where on a whole long sequence each temporary is a fresh
-    allocation.
-    """
-    batch, steps, width = x.shape
-    length = max(1, elements // max(1, batch * width))
-    return [slice(start, start + length) for start in range(0, steps, length)]
+    """Return time slices of ``x`` ``(batch, time, d)`` of about ``elements`` values for the fused front."""
+    return time_blocks(tuple(x.shape), elements)
 
 
 def normalise_triple(
