@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ._config import SSMConfig
 from .checkpoint import FORMAT_NAME as MODEL_FORMAT_NAME
-from .checkpoint import CheckpointError, make_readable
+from .checkpoint import CheckpointError, save_tensors_atomically
 
 __all__ = ["TRAIN_STATE_FORMAT", "TrainState", "check_resumable", "load_train_state", "save_train_state"]
 
@@ -131,17 +130,7 @@ def save_train_state(path: str | os.PathLike[str], state: TrainState) -> Path:
         "extra": json.dumps(state.extra),
         "state": json.dumps(skeleton),
     }
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        make_readable(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    save_tensors_atomically(path, tensors, metadata)
     return path
 
 

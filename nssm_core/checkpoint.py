@@ -15,13 +15,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._config import SSMConfig
 from ._model import DeepSSM
 
-__all__ = ["CheckpointError", "atomic_write_text", "load_checkpoint", "make_readable", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "atomic_write_text",
+    "load_checkpoint",
+    "make_readable",
+    "save_checkpoint",
+    "save_tensors_atomically",
+]
 
 FORMAT_NAME = "nssm-checkpoint"
 FORMAT_VERSION = "1"
@@ -57,6 +65,24 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
+def save_tensors_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file through a temporary file in the same folder, flushed to disk, and a rename.
+
+    A failure at any point leaves an existing file at ``path`` unchanged.
+    """
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        make_readable(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def save_checkpoint(model: DeepSSM, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
     """Save ``model`` to ``path`` (a ``.safetensors`` file), atomically.
 
@@ -79,15 +105,7 @@ def save_checkpoint(model: DeepSSM, path: str | os.PathLike[str], extra: dict[st
         "extra": json.dumps(extra or {}),
     }
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        make_readable(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    save_tensors_atomically(path, tensors, metadata)
     return path
 
 

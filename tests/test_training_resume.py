@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 import nssm_core._train_state as train_state
+import nssm_core.checkpoint as checkpoint_module
 import nssm_core.training as training
 from nssm_core import DeepSSM
 from nssm_core.checkpoint import CheckpointError, load_checkpoint
@@ -249,7 +250,7 @@ def test_failed_write_keeps_previous_checkpoint(finished_run, monkeypatch):
         Path(filename).write_bytes(b"partial")
         raise SafetensorError("disk full")
 
-    monkeypatch.setattr(train_state, "save_file", failing_save)
+    monkeypatch.setattr(checkpoint_module, "save_file", failing_save)  # the atomic write shared by all checkpoints
     with pytest.raises(SafetensorError):
         train_state.save_train_state(checkpoint, state)
     assert checkpoint.read_bytes() == before
