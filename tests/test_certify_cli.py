@@ -31,15 +31,6 @@ from nssm_plugins.layers._glu import LGLUOptions
 FAST = ["--length", "16", "--starts", "2", "--steps", "5", "--restarts", "0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Run on one thread: these models are tiny, and extra threads only contend on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class UnderstatedCore(L2N):
     """An ``l2n`` core that declares a hundredth of its true gain: a false certificate."""
 

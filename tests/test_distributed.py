@@ -35,14 +35,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def single_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_two_processes_match_one(tmp_path, single_thread):
+def test_two_processes_match_one(tmp_path):
     # Two records of different lengths: windows of 40 and a shorter whole record, so the
     # global batch is padded and masked, and each process gets a different share of it.
     _write_record(tmp_path / "a.csv", 130, seed=1)

@@ -30,15 +30,6 @@ from nssm_core.analysis import hinf_norm, worst_case_gain
 from nssm_core.cli._certify import HINF_RELATIVE_TOLERANCE, SEARCH_RELATIVE_TOLERANCES, certify_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Run on one thread: these models are tiny, and extra threads only contend on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def certified_names(kind: PluginKind) -> list[str]:
     return [entry.name for entry in get_registry().entries(kind) if entry.certificate is not CertificateKind.NONE]
 

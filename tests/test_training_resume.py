@@ -26,13 +26,6 @@ from nssm_core.data import Record
 TINY = ["--d-model", "4", "--d-state", "4", "--n-layers", "1", "--search-steps", "1", "--threads", "1", "--quiet"]
 
 
-@pytest.fixture
-def single_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def _write_record(path: Path, length: int = 200) -> None:
     generator = torch.Generator().manual_seed(3)
     u = torch.randn(length, generator=generator)
@@ -53,7 +46,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path, single_thread):
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     data = tmp_path / "data.csv"
     _write_record(data)
     # Dropout and shuffled mini-batches make the run depend on every saved RNG state.
