@@ -56,11 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _describe_unknown(parser: argparse.ArgumentParser, command: str, unknown: Sequence[str]) -> str:
     """Return an error message for unrecognized arguments, with the closest options of ``command``."""
-    options: list[str] = []
-    for action in parser._subparsers._group_actions if parser._subparsers else []:
-        subparser = getattr(action, "choices", {}).get(command)
-        if subparser is not None:
-            options = [flag for item in subparser._actions for flag in item.option_strings]
+    # argparse has no public accessor for a subcommand's options, so this reads its private _actions lists.
+    subcommands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    options = [flag for action in subcommands.choices[command]._actions for flag in action.option_strings]
+
     message = "unrecognized arguments: " + " ".join(unknown)
     hints = {}
     for argument in unknown:
