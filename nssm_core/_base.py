@@ -48,7 +48,7 @@ def check_input(u: object, d_input: int, *, name: str = "u", check_finite: bool 
         raise TypeError(f"{name} must be a torch.Tensor of shape (batch, time, {d_input}), got {type(u).__name__}")
     if not u.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {u.dtype}; convert it with {name}.float()")
-    given = tuple(u.shape)  # error messages show the shape the caller passed, not the promoted one
+    passed_shape = tuple(u.shape)  # error messages show the shape the caller passed, not the promoted one
     if u.ndim == 1:
         u = u.reshape(1, 1, -1)
     elif u.ndim == 2:
@@ -56,15 +56,15 @@ def check_input(u: object, d_input: int, *, name: str = "u", check_finite: bool 
     elif u.ndim != 3:
         raise ValueError(
             f"{name} must have shape (batch, time, {d_input}), (time, {d_input}) or ({d_input},), "
-            f"got {u.ndim}-D shape {given}"
+            f"got {u.ndim}-D shape {passed_shape}"
         )
     if u.shape[-1] != d_input:
         raise ValueError(
-            f"{name} has {u.shape[-1]} channels in its last dimension (shape {given}), "
+            f"{name} has {u.shape[-1]} channels in its last dimension (shape {passed_shape}), "
             f"but the model expects d_input={d_input}"
         )
     if u.shape[1] == 0:
-        raise ValueError(f"{name} has an empty time axis (shape {given}); pass at least one time step")
+        raise ValueError(f"{name} has an empty time axis (shape {passed_shape}); pass at least one time step")
     # Under torch.compile the check is skipped: reading a tensor's value would split the compiled graph.
     if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(u).all()):
         bad = int((~torch.isfinite(u)).sum())

@@ -152,9 +152,8 @@ def spectral_norm_upper(weight: torch.Tensor) -> torch.Tensor:
     if weight.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=weight.device)
     wide = weight.to(torch.complex128 if weight.is_complex() else torch.float64)
-    # The SVD fails on NaN or inf, so it runs on a copy with those entries zeroed, and the result becomes
-    # NaN, which makes every certificate built on it invalid. No branch reads a tensor's value, so
-    # torch.compile keeps this in one graph.
+    # The SVD fails on NaN or inf, so it runs with those entries zeroed and the result is then set to NaN,
+    # which invalidates every certificate built on it. Without a branch on a value, torch.compile keeps one graph.
     entries_finite = torch.isfinite(wide)
     sigma = torch.linalg.matrix_norm(torch.where(entries_finite, wide, torch.zeros_like(wide)), ord=2)
     nan = torch.full((), math.nan, dtype=torch.float64, device=weight.device)

@@ -65,7 +65,7 @@ def test_tv_fused_front_matches_unfused(dtype: torch.dtype, monkeypatch: pytest.
     a, b, c = core.triples(u)
     from nssm_plugins.cores._tv import contraction_norm_2x2
 
-    assert float(contraction_norm_2x2(a, b, c).detach().max()) > 0.99  # the normalisation is active somewhere
+    assert float(contraction_norm_2x2(a, b, c).detach().max()) > 0.99  # some triple sits at the boundary, where the normalisation acts
 
     y, _ = core(u, mode="loop")
     reference = tv_reference(core, u)

@@ -268,15 +268,15 @@ def _hard_triples(count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return a, b, c
 
 
-def test_tv_float32_normalised_triples_are_contractions() -> None:
+def test_tv_float32_triples_are_contractions() -> None:
     from nssm_plugins.cores._tv import _TVFront, normalise_triple, triple_margin
 
     a, b, c = _hard_triples(20000)
     ones = torch.ones(1, 20000, 1)
-    # The fused front takes the raw selector values, so invert its softplus, exp and tanh on exact inputs.
+    # The fused front takes raw selector values: inverting its softplus, exp and tanh gives about the same triples.
     rate = torch.zeros(1)
-    softplus_one = torch.nn.functional.softplus(rate)
-    exponent = (-torch.log(a.double()) / softplus_one.double()).clamp(min=1e-30)
+    rate_factor = torch.nn.functional.softplus(rate)
+    exponent = (-torch.log(a.double()) / rate_factor.double()).clamp(min=1e-30)
     delta = torch.log(torch.expm1(exponent)).float()
     raw_b = torch.atanh(b.double().clamp(-1 + 1e-7, 1 - 1e-7)).float()
     raw_c = torch.atanh(c.double().clamp(-1 + 1e-7, 1 - 1e-7)).float()

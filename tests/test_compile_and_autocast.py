@@ -10,7 +10,7 @@ import torch
 from nssm_core import CertificateKind, DeepSSM, PluginKind, get_registry
 from nssm_core.analysis import worst_case_gain
 
-COMPILE_STEPS = 11  # long enough for chunks of 2 or 3 steps and a remainder; short enough for the loop to trace
+COMPILE_STEPS = 11  # chunks of 2 or 3 steps plus a remainder, and short enough for the loop backend to trace
 
 
 def core_names() -> list[str]:

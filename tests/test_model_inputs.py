@@ -132,7 +132,7 @@ def test_input_dtype_mismatch_named(model):
         model(torch.randn(2, 5, 3, dtype=torch.float32))
 
 
-def test_channel_error_shows_given_shape():
+def test_channel_error_shows_passed_shape():
     model = DeepSSM(2, 1, d_model=4, d_state=4, n_layers=1, param="l2n", ff="TLIP", gamma=2.0)
     with pytest.raises(ValueError, match=r"shape \(10, 3\)\), but the model expects d_input=2"):
         model(torch.zeros(10, 3))

@@ -79,7 +79,7 @@ def _column_list(text: str) -> list[str]:
 
 
 class _JoinColumns(argparse.Action):
-    """Store the column names of all values (``a b``, ``a,b`` or both) as one flat list."""
+    """Argparse action that stores the column names of all values (``a b``, ``a,b`` or both) as one flat list."""
 
     def __call__(
         self,

@@ -83,7 +83,7 @@ def _scan_into(
 def _scan_invariant_into(
     out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, boundary: torch.Tensor, chunk: int, reverse: bool
 ) -> None:
-    """:func:`_scan_into` for time-invariant decays ``a`` of shape ``(d,)``.
+    """Solve the recurrence of :func:`_scan_into` for time-invariant decays ``a`` of shape ``(d,)``.
 
     Inside each chunk the zero-start response is computed in a step-major copy
     of the drives, ``(chunk, batch, chunks, d)``, so each of the ``chunk``
@@ -141,11 +141,12 @@ def _scan_invariant_into(
 def _scan_varying_into(
     out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, boundary: torch.Tensor, chunk: int, reverse: bool
 ) -> None:
-    """:func:`_scan_into` for decays ``a`` of shape ``(1 or batch, time, d)``, in the three stages of the module docstring.
+    """Solve the recurrence of :func:`_scan_into` for decays ``a`` of shape ``(1 or batch, time, d)``.
 
-    Stages 1 and 3 step through the chunks in the ``(batch, time, d)``
-    layout: a step-major copy would also have to copy the decays, which cost
-    more than it saved when measured.
+    It runs the three stages of the module docstring. Stages 1 and 3 step
+    through the chunks in the ``(batch, time, d)`` layout, because a
+    step-major copy would also have to copy the decays, which cost more than
+    it saved when measured.
     """
     batch, steps, width = b.shape
     time_varying = a.ndim == 3

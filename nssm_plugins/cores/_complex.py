@@ -19,7 +19,7 @@ def pairs_to_complex(x: torch.Tensor) -> torch.Tensor:
         x = x.float()
     pairs = x.unflatten(-1, (x.shape[-1] // 2, 2))
     if torch.compiler.is_compiling():
-        # torch.compile's tracer mishandles view_as_complex here; the copying form compiles.
+        # With torch 2.13, torch.compile's tracer failed on view_as_complex of this view, so compiled code copies.
         return torch.complex(pairs[..., 0], pairs[..., 1])
     viewable = pairs.stride(-1) == 1 and pairs.storage_offset() % 2 == 0 and all(
         stride % 2 == 0 for stride in pairs.stride()[:-1]

@@ -115,8 +115,8 @@ class LRU(CoreBase):
         real_dtype = torch.float64 if complex_dtype == torch.complex128 else torch.float32
         lam = self.eigenvalues().to(complex_dtype)
         b = self._input_matrix()
-        # Real products on interleaved (re, im) rows and columns, viewed as complex without a copy:
-        # rows 2j and 2j+1 of b_pairs give Re and Im of (B u)_j; y = Re(C x) = pairs(x) @ [Re C, -Im C].
+        # Real products on interleaved (re, im) rows and columns are viewed as complex without a copy.
+        # Rows 2j and 2j+1 of b_pairs give Re and Im of (B u)_j, and y = Re(C x) = pairs(x) @ [Re C, -Im C].
         b_pairs = torch.stack([b.real, b.imag], dim=1).flatten(0, 1).to(u.dtype)
         c_pairs = torch.stack([self.C_re, -self.C_im], dim=-1).flatten(-2).to(real_dtype)
         drives = pairs_to_complex(u @ b_pairs.T)

@@ -75,8 +75,8 @@ def contraction_norm_2x2(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> t
     For a real 2x2 matrix the singular values satisfy
     $\\sigma_1 \\pm \\sigma_2 = \\sqrt{\\|M\\|_F^2 \\pm 2 |\\det M|}$; here
     $\\|M\\|_F^2 \\pm 2|\\det M| = a^2 + (|b| \\pm |c|)^2$, a sum of squares with
-    no cancellation. This float64 version is the reference that
-    :func:`normalise_triple` is tested against.
+    no cancellation. This float64 version is the reference;
+    :func:`normalise_triple` computes the same norm in the inputs' dtype.
     """
     a, b, c = (x.to(torch.float64) for x in (a, b, c))
     plus = torch.sqrt(a * a + (b.abs() + c.abs()) ** 2)
@@ -249,7 +249,7 @@ class _TVFront(torch.autograd.Function):
         # Through tanh: 1 - tanh^2.
         torch.mul(d_b, b.mul_(b).neg_().add_(1.0), out=out[1])
         torch.mul(d_c, c.mul_(c).neg_().add_(1.0), out=out[2])
-        # Through a = exp(-e), e = p k: dL/de = -a dL/da; k = softplus(rate), p = softplus(delta + bias).
+        # Through a = exp(-e) with e = p k, k = softplus(rate) and p = softplus(delta + bias): dL/de = -a dL/da.
         grad_exponent = d_a.mul_(a).neg_()
         leading = tuple(range(a.ndim - 1))
         grad_rate = (grad_exponent * softplus_delta).sum(dim=leading) * torch.sigmoid(rate)

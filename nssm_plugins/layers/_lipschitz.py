@@ -135,7 +135,7 @@ class _CenteredPairSort(torch.autograd.Function):
     """The pair sort of :func:`centered_group_sort` with shifts ``r1 = relu(-delta)``, ``r2 = relu(delta)``.
 
     The outputs are $\\min(p + r_1, q + r_2)$ and $\\max(p - r_2, q - r_1)$. Only the
-    mask $s = (p + r_1 \\le q + r_2)$ is saved: where it holds, low came from
+    mask $s = (p + r_1 \\le q + r_2)$ is saved: where it is true, low came from
     $p + r_1$ and high from $q - r_1$, elsewhere from $q + r_2$ and $p - r_2$, and
     the gradient is routed accordingly.
     """
