@@ -22,6 +22,8 @@ from ._certificate import safety_margin as safety_margin
 from ._certificate import series as series
 from ._certificate import spectral_norm_upper as spectral_norm_upper
 from ._config import SSMConfig as SSMConfig
+from ._transforms import parameter_transform as parameter_transform
+from ._transforms import reuse_parameter_transforms as reuse_parameter_transforms
 from ._model import SSL as SSL
 from ._model import DeepSSM as DeepSSM
 from ._model import build_core as build_core
@@ -86,9 +88,11 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "load_plugins",
+    "parameter_transform",
     "reset_registry",
     "residual",
     "resolve_backend",
+    "reuse_parameter_transforms",
     "safety_margin",
     "series",
     "spectral_norm_upper",

@@ -22,8 +22,9 @@ def test_blocked_forward_equals_whole(param: str) -> None:
     u = torch.randn(2, 1100, 2, dtype=torch.float64)  # four full blocks and a partial one
 
     y_whole, states_whole = model(u)  # autograd on: one pass over the whole sequence
+    assert model._time_block_length(u) is None
     with torch.no_grad():
-        assert model._inference_block_length(u) == 256
+        assert model._time_block_length(u) == 256
         y_blocks, states_blocks = model(u)
     torch.testing.assert_close(y_blocks, y_whole.detach(), rtol=1e-10, atol=1e-10)
     for got, want in zip(states_blocks, states_whole):
@@ -37,11 +38,15 @@ def test_blocked_forward_equals_whole(param: str) -> None:
     torch.testing.assert_close(y_next, y_joined[:, 1100:].detach(), rtol=1e-10, atol=1e-10)
 
 
-def test_short_or_graph_inputs_run_whole() -> None:
+def test_short_inputs_run_whole() -> None:
     model = DeepSSM(1, 1, d_model=4, d_state=4, n_layers=1, param="l2n", ff="TLIP", gamma=2.0)
     with torch.no_grad():
-        assert model._inference_block_length(torch.zeros(1, 10, 1)) is None
-    assert model._inference_block_length(torch.zeros(1, 10**6, 1)) is None  # autograd on
+        assert model._time_block_length(torch.zeros(1, 10, 1)) is None
+        assert model._time_block_length(torch.zeros(1, 10**6, 1)) == (1 << 19) // 4
+    assert model._time_block_length(torch.zeros(1, 10, 1)) is None  # autograd on
+    assert model._time_block_length(torch.zeros(1, 10**6, 1)) == (1 << 19) // 4
+    model.training_block_elements = None
+    assert model._time_block_length(torch.zeros(1, 10**6, 1)) is None
 
 
 def tv_reference(core: TV, u: torch.Tensor) -> torch.Tensor:
@@ -85,4 +90,12 @@ def test_invalid_block_elements_rejected(bad: object) -> None:
     model = DeepSSM(1, 1, d_model=4, d_state=4, n_layers=1, param="l2n", ff="TLIP", gamma=2.0)
     model.inference_block_elements = bad  # type: ignore[assignment]
     with torch.no_grad(), pytest.raises(ValueError, match="inference_block_elements must be a positive integer"):
+        model(torch.zeros(1, 10, 1))
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "4096", True])
+def test_invalid_training_block_elements_rejected(bad: object) -> None:
+    model = DeepSSM(1, 1, d_model=4, d_state=4, n_layers=1, param="l2n", ff="TLIP", gamma=2.0)
+    model.training_block_elements = bad  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="training_block_elements must be a positive integer .* or None"):
         model(torch.zeros(1, 10, 1))

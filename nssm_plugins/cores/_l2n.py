@@ -31,6 +31,7 @@ from nssm_core import (
     CoreSpec,
     RecurrenceStructure,
     ScanBackend,
+    parameter_transform,
     recurrence_dtype,
     safety_margin,
     spectral_norm_upper,
@@ -174,20 +175,24 @@ class L2N(CoreBase):
         """Return the normalised $K$, ``(d_state + d_output, d_state + d_input)``, with $\\|K\\|_2 \\le 1$."""
         return self._raw_k() * self.contraction_scale()
 
-    def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
-        """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
+    def _run_matrices(self, input_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Return the eigenvalues and the matrices ``K12, K21, K22`` that :meth:`run` applies to ``input_dtype`` inputs."""
         # Normaliser, decays and the scan stay in float32 or float64, also under bf16 autocast.
-        dtype = recurrence_dtype(u.dtype)
+        dtype = recurrence_dtype(input_dtype)
         complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         scale = self.contraction_scale().to(dtype)
         rho = torch.sigmoid(self.rho_raw).to(dtype) * scale
         eigenvalues = torch.polar(rho, self.angles.to(dtype)).to(complex_dtype)
         gamma = self.gamma.to(dtype)
         # gamma is folded into the small input matrices, so no scaled copy of u is made or saved.
-        k12 = (self.K12.to(dtype) * (scale * gamma)).to(u.dtype)
+        k12 = (self.K12.to(dtype) * (scale * gamma)).to(input_dtype)
         k21 = self.K21.to(dtype) * scale
-        k22 = (self.K22.to(dtype) * (scale * gamma)).to(u.dtype)
+        k22 = (self.K22.to(dtype) * (scale * gamma)).to(input_dtype)
+        return eigenvalues, k12, k21, k22
 
+    def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
+        eigenvalues, k12, k21, k22 = parameter_transform(self, ("run", u.dtype), lambda: self._run_matrices(u.dtype))
         drives = pairs_to_complex(u @ k12.T)
         states = complex_to_pairs(backend.diagonal(eigenvalues, drives, pairs_to_complex(x0)))
         # All T + 1 states go through one contiguous product (no copy of a strided slice), then the last is dropped.

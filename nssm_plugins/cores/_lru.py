@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from nssm_core import CertificateKind, CoreBase, CoreSpec, RecurrenceStructure, ScanBackend
+from nssm_core import CertificateKind, CoreBase, CoreSpec, RecurrenceStructure, ScanBackend, parameter_transform
 
 from ._complex import complex_to_pairs, pairs_to_complex, realify_diagonal
 
@@ -109,20 +109,25 @@ class LRU(CoreBase):
         normaliser = torch.sqrt(-torch.expm1(-2 * torch.exp(self.nu_log)))
         return torch.complex(self.B_re, self.B_im) * normaliser.unsqueeze(-1)
 
-    def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
-        """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
-        complex_dtype = x0.dtype
+    def _run_matrices(self, input_dtype: torch.dtype, complex_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Return $\\lambda$ and the real matrices that :meth:`run` applies to $u$ and to the state pairs."""
         real_dtype = torch.float64 if complex_dtype == torch.complex128 else torch.float32
-        lam = self.eigenvalues().to(complex_dtype)
         b = self._input_matrix()
         # Real products on interleaved (re, im) rows and columns are viewed as complex without a copy.
         # Rows 2j and 2j+1 of b_pairs give Re and Im of (B u)_j, and y = Re(C x) = pairs(x) @ [Re C, -Im C].
-        b_pairs = torch.stack([b.real, b.imag], dim=1).flatten(0, 1).to(u.dtype)
+        b_pairs = torch.stack([b.real, b.imag], dim=1).flatten(0, 1).to(input_dtype)
         c_pairs = torch.stack([self.C_re, -self.C_im], dim=-1).flatten(-2).to(real_dtype)
+        return self.eigenvalues().to(complex_dtype), b_pairs, c_pairs, self.D.to(input_dtype)
+
+    def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
+        lam, b_pairs, c_pairs, d = parameter_transform(
+            self, ("run", u.dtype, x0.dtype), lambda: self._run_matrices(u.dtype, x0.dtype)
+        )
         drives = pairs_to_complex(u @ b_pairs.T)
         states = backend.diagonal(lam, drives, x0)
         # All T + 1 states go through one contiguous product (no copy of a strided slice), then the last is dropped.
-        y = (complex_to_pairs(states) @ c_pairs.T)[:, :-1] + u @ self.D.to(u.dtype).T
+        y = (complex_to_pairs(states) @ c_pairs.T)[:, :-1] + u @ d.T
         return y, states
 
     def lti_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -35,6 +35,7 @@ from nssm_core import (
     RecurrenceStructure,
     ScanBackend,
     contraction,
+    parameter_transform,
     recurrence_dtype,
 )
 
@@ -434,18 +435,23 @@ class TV(CoreBase):
         )
         return normalise_triple(torch.exp(-rate), torch.tanh(raw_b), torch.tanh(raw_c))
 
+    def _run_matrices(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return $\\gamma W_{in}$ and $W_{out}$ in ``dtype``."""
+        return (self.input_matrix().to(dtype) * self.gamma.to(dtype), self.output_matrix().to(dtype))
+
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
         dtype = recurrence_dtype(u.dtype)
         u = u.to(dtype)
         delta, raw_b, raw_c = (part.to(dtype) for part in self._select(u.to(self.W_in.dtype)))
-        v = u @ (self.input_matrix().to(dtype) * self.gamma.to(dtype)).T
+        w_in, w_out = parameter_transform(self, ("run", dtype), lambda: self._run_matrices(dtype))
+        v = u @ w_in.T
         a, drives, c = _TVFront.apply(
             delta, raw_b, raw_c, v.to(dtype), self.decay_bias.to(dtype), self.decay_rate.to(dtype),
             1.0 + triple_margin(dtype),
         )
         states = backend.diagonal(a, drives, x0)
-        y = (c * states[:, :-1]) @ self.output_matrix().to(dtype).T
+        y = (c * states[:, :-1]) @ w_out.T
         return y, states
 
     def bound(self) -> torch.Tensor:

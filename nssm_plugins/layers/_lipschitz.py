@@ -21,7 +21,15 @@ from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from nssm_core import CertificateKind, LayerBase, LayerSpec, contraction, safety_margin, spectral_norm_upper
+from nssm_core import (
+    CertificateKind,
+    LayerBase,
+    LayerSpec,
+    contraction,
+    parameter_transform,
+    safety_margin,
+    spectral_norm_upper,
+)
 
 __all__ = ["LMLP", "TLIP", "LMLPOptions", "SandwichLayer", "TLIPOptions", "cayley", "centered_group_sort", "group_sort"]
 
@@ -366,14 +374,19 @@ class TLIP(LayerBase):
         """Return every $W_i / \\max(1, \\|W_i\\|_2)$, in signal order."""
         return [contraction(weight) for weight in self.weights]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the layer to ``x`` of shape ``(..., d_model)``."""
+    def _forward_weights(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Return the normalised weights in ``dtype``, the first and last multiplied by $\\sqrt{L}$."""
         root = math.sqrt(self.scale)
-        weights = [w.to(x.dtype) for w in self.normalised_weights()]
+        weights = [w.to(dtype) for w in self.normalised_weights()]
         # The two factors sqrt(scale) are folded into the first and last weights, so that no scaled
         # copy of the activations is made or saved for the backward pass.
         weights[0] = weights[0] * root
         weights[-1] = weights[-1] * root
+        return weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` of shape ``(..., d_model)``."""
+        weights = parameter_transform(self, ("forward", x.dtype), lambda: self._forward_weights(x.dtype))
         *hidden_weights, output_weight = weights
         h = x
         for weight, bias in zip(hidden_weights, self.biases):
