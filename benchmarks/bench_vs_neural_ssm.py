@@ -64,7 +64,10 @@ def _build_model(spec: dict[str, Any]) -> Any:
         from neural_ssm import DeepSSM, SSMConfig
     else:
         from nssm_core import DeepSSM, SSMConfig
-    return DeepSSM(d_input=SHAPE["d_input"], d_output=SHAPE["d_output"], config=SSMConfig(**fields))
+    model = DeepSSM(d_input=SHAPE["d_input"], d_output=SHAPE["d_output"], config=SSMConfig(**fields))
+    if spec["library"] != "neural_ssm" and spec.get("recompute"):
+        model.recompute_time_blocks = True
+    return model
 
 
 def _run_model(model: Any, u: Any, task: str, mode: str) -> None:
@@ -254,7 +257,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     cores = list(args.cores)
     results: dict[str, Any] = {
         "layer": layer, "mode": args.mode, "threads": args.threads, "clock": args.clock,
-        "keep_freed_memory": args.keep_freed_memory, "rows": []
+        "keep_freed_memory": args.keep_freed_memory, "recompute": args.recompute, "rows": []
     }
     previous_old_peak: dict[tuple[str, str], tuple[int, float]] = {}
 
@@ -267,7 +270,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 row: dict[str, Any] = {"core": core, "length": length, "task": task}
                 base = {"param": core, "ff": layer, "length": length, "task": task, "threads": args.threads,
                         "repeats": repeats, "mode": args.mode, "clock": args.clock,
-                        "keep_freed_memory": args.keep_freed_memory}
+                        "keep_freed_memory": args.keep_freed_memory, "recompute": args.recompute}
                 old_skip = None
                 if (core, task) in previous_old_peak:
                     old_length, old_peak = previous_old_peak[(core, task)]
@@ -320,7 +323,8 @@ def render(results: dict[str, Any]) -> str:
         "rounds; "
         "peak memory is the worker's maximum resident set in MB."
         + (" Both libraries ran with glibc's " + ", ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items()) + "."
-           if results.get("keep_freed_memory") else ""),
+           if results.get("keep_freed_memory") else "")
+        + (" nssm ran with recompute_time_blocks=True." if results.get("recompute") else ""),
         "",
         "| core | steps | task | nssm s | neural-ssm s | speed-up | floor s | nssm / floor | nssm MB | neural-ssm MB | memory ratio |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -360,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-freed-memory", action="store_true",
         help="Run both libraries with glibc settings that reuse freed memory instead of returning it to the system.",
+    )
+    parser.add_argument(
+        "--recompute", action="store_true",
+        help="Run nssm with recompute_time_blocks=True: its fwd+bwd recomputes each time block in the backward pass.",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads per measurement. Default: 2.")
     parser.add_argument(
