@@ -302,6 +302,48 @@ class _TVFront(torch.autograd.Function):
         return out[0], out[1], out[2], out[3], grad_bias, grad_rate, None
 
 
+class _GatedOutput(torch.autograd.Function):
+    """The ``tv`` core's output $y_t = W_{out} (c_t \\odot x_t)$, without keeping the gated states.
+
+    Inputs: ``c`` and ``states`` (the states $x_0 .. x_{T-1}$), each
+    ``(batch, time, d)``, and ``weight`` $W_{out}$, ``(d_output, d)``. The
+    product $c \\odot x$ is formed one time block at a time, in the forward
+    pass and again in the backward pass, so only ``c``, ``states`` (which
+    the scan keeps anyway) and ``weight`` are saved. With $g = \\partial L /
+    \\partial y$ and $h = g W_{out}$: $\\partial L / \\partial c = h \\odot x$,
+    $\\partial L / \\partial x = h \\odot c$ and
+    $\\partial L / \\partial W_{out} = \\sum_t g_t (c_t \\odot x_t)^T$.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, c: torch.Tensor, states: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        parts = [(c[:, block] * states[:, block]) @ weight.T for block in _time_blocks(c)]
+        ctx.save_for_backward(c, states, weight)
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_y: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        c, states, weight = ctx.saved_tensors
+        grad_y = grad_y.to(c.dtype)  # a bf16 gradient when the forward product ran under autocast
+        grad_c = torch.empty_like(c) if ctx.needs_input_grad[0] else None
+        grad_states = torch.empty_like(c) if ctx.needs_input_grad[1] else None
+        grad_weight = torch.zeros_like(weight, dtype=c.dtype)
+        for block in _time_blocks(c):
+            gate, state, grad = c[:, block], states[:, block], grad_y[:, block]
+            grad_gated = grad @ weight.to(c.dtype)
+            grad_weight.addmm_(grad.flatten(0, 1).T, (gate * state).flatten(0, 1))
+            if grad_c is not None:
+                torch.mul(grad_gated, state, out=grad_c[:, block])
+            if grad_states is not None:
+                torch.mul(grad_gated, gate, out=grad_states[:, block])
+        return grad_c, grad_states, grad_weight.to(weight.dtype)
+
+
 def _time_blocks(x: torch.Tensor, elements: int = 1 << 18) -> list[slice]:
     """Return time slices of ``x`` ``(batch, time, d)`` of about ``elements`` values for the fused front."""
     return time_blocks(tuple(x.shape), elements)
@@ -451,7 +493,7 @@ class TV(CoreBase):
             1.0 + triple_margin(dtype),
         )
         states = backend.diagonal(a, drives, x0)
-        y = (c * states[:, :-1]) @ w_out.T
+        y = _GatedOutput.apply(c, states[:, :-1], w_out)
         return y, states
 
     def bound(self) -> torch.Tensor:
