@@ -302,11 +302,12 @@ class DeepSSM(nn.Module):
         self._carried_states = final_states
         return y, final_states
 
-    inference_block_elements: int = 1 << 19
+    inference_block_elements: int | None = 1 << 19
     """Values per time block (batch x steps x d_model) when :meth:`forward` runs without autograd.
 
-    A positive integer; blocks are at least 256 steps long, and a sequence
-    shorter than two blocks runs whole.
+    A positive integer, or ``None`` to run every sequence whole. Blocks are
+    at least 256 steps long, and a sequence shorter than two blocks runs
+    whole.
     """
 
     training_block_elements: int | None = 1 << 19
@@ -333,15 +334,15 @@ class DeepSSM(nn.Module):
             ValueError: If ``inference_block_elements`` or ``training_block_elements`` is not valid.
         """
         if torch.is_grad_enabled():
-            name, elements, allow_none = "training_block_elements", self.training_block_elements, True
+            name, elements = "training_block_elements", self.training_block_elements
         else:
-            name, elements, allow_none = "inference_block_elements", self.inference_block_elements, False
-        if elements is None and allow_none:
+            name, elements = "inference_block_elements", self.inference_block_elements
+        if elements is None:
             return None
         if isinstance(elements, bool) or not isinstance(elements, int) or elements <= 0:
-            choices = "a positive integer (values per time block)" + (" or None" if allow_none else "")
             raise ValueError(
-                f"{name} must be {choices}, got {elements!r}; the default is {getattr(DeepSSM, name)}"
+                f"{name} must be a positive integer (values per time block) or None (no time blocks), "
+                f"got {elements!r}; the default is {getattr(DeepSSM, name)}"
             )
         length = max(256, elements // max(1, u.shape[0] * self.encoder.out_features))
         return length if u.shape[1] >= 2 * length else None
@@ -479,7 +480,7 @@ class DeepSSM(nn.Module):
 
 
 def _can_recompute() -> bool:
-    """Whether the recomputing autograd node may run: not while compiling or under a functorch transform."""
+    """Return whether the recomputing autograd node may run: not while compiling or under a functorch transform."""
     return not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
 
 
@@ -493,9 +494,9 @@ class _RecomputedTimeBlocks(torch.autograd.Function):
 
     The forward pass keeps the per-block states at every block boundary and
     the random-generator states (for dropout). The backward pass walks the
-    blocks from last to first: it recomputes a block with autograd from its
-    saved start states, takes the gradients for the block's output slice and
-    its final states, and hands the gradients of its start states to the
+    blocks from last to first. It recomputes a block with autograd from its
+    saved start states and takes the gradients for the block's output slice
+    and its final states. The gradients of its start states go on to the
     previous block. ``torch.utils.checkpoint`` applied to each time block
     gives the same gradients; measured on the benchmark model it was slower
     and kept more memory, because its engine-driven recomputation does not
@@ -514,8 +515,10 @@ class _RecomputedTimeBlocks(torch.autograd.Function):
         """Return ``(y, final states)`` of ``model`` on ``u`` with memory independent of the length."""
         present = tuple(s is not None for s in state)
         params = tuple(p for p in model.parameters() if p.requires_grad)
-        given = [s for s in state if s is not None]
-        y, *finals = _RecomputedTimeBlocks.apply(model, mode, length, present, u, decoder_weight, *given, *params)
+        initial_states = [s for s in state if s is not None]
+        y, *finals = _RecomputedTimeBlocks.apply(
+            model, mode, length, present, u, decoder_weight, *initial_states, *params
+        )
         return y, finals
 
     @staticmethod
@@ -529,8 +532,8 @@ class _RecomputedTimeBlocks(torch.autograd.Function):
         decoder_weight: torch.Tensor,
         *tensors: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        given = iter(tensors[: sum(present)])
-        state: list[torch.Tensor | None] = [next(given) if p else None for p in present]
+        initial_states = iter(tensors[: sum(present)])
+        state: list[torch.Tensor | None] = [next(initial_states) if p else None for p in present]
         starts, generators, outputs = [], [], []
         with reuse_parameter_transforms():
             for start in range(0, u.shape[1], length):
