@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ._base import CoreBase, check_input
 from ._certificate import (
@@ -212,10 +213,10 @@ class DeepSSM(nn.Module):
         scale = self.gamma / natural.clamp_min(1e-300) * (1.0 - safety_margin(dtype))
         rounded = scale.to(dtype)
         # Round towards zero: a float32 cast can land one unit above the float64 value.
+        # Written without a Python branch on the value, so torch.compile does not break the graph here.
         too_big = rounded.detach().double() > scale.detach()
-        if bool(too_big):
-            rounded = rounded - (rounded.detach() - torch.nextafter(rounded.detach(), torch.zeros_like(rounded)))
-        return rounded
+        below = torch.nextafter(rounded.detach(), torch.zeros_like(rounded))
+        return rounded - torch.where(too_big, rounded.detach() - below, torch.zeros_like(rounded))
 
     def zero_states(
         self, batch: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
@@ -226,6 +227,17 @@ class DeepSSM(nn.Module):
     def reset(self) -> None:
         """Forget the states carried from the previous call (used with ``reset_state=False``)."""
         self._carried_states = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Return the attributes for ``copy.deepcopy`` and pickling, with the carried states detached.
+
+        The states carried from the last call may belong to its autograd
+        graph, and only graph leaves can be copied.
+        """
+        state = self.__dict__.copy()
+        if state.get("_carried_states") is not None:
+            state["_carried_states"] = [s.detach() for s in state["_carried_states"]]
+        return state
 
     def forward(
         self,
@@ -313,10 +325,12 @@ class DeepSSM(nn.Module):
     training_block_elements: int | None = 1 << 19
     """Values per time block (batch x steps x d_model) when :meth:`forward` runs with autograd.
 
-    A positive integer, or ``None`` to run every sequence whole. Blocks are
-    at least 256 steps long, and a sequence shorter than two blocks runs
-    whole. The outputs and gradients equal those of the whole sequence up to
-    round-off.
+    A positive integer, or ``None`` to run every sequence whole. A block has
+    ``max(256, training_block_elements // (batch * d_model))`` steps, and a
+    sequence shorter than two blocks runs whole. Without dropout (or in
+    eval mode) the outputs and gradients equal those of the whole sequence up
+    to round-off. Dropout masks are drawn block by block, so they differ from
+    those of a one-pass call.
     """
 
     recompute_time_blocks: bool = False
@@ -324,26 +338,33 @@ class DeepSSM(nn.Module):
 
     Memory then no longer grows with the sequence length beyond the input
     and output, at the cost of a second forward pass. It takes effect when
-    the sequence is split into time blocks (see ``training_block_elements``).
+    the sequence is split into time blocks (see ``training_block_elements``),
+    and under neither ``torch.compile`` nor ``torch.func`` transforms. It
+    gives first-order gradients only: differentiating the gradients again
+    (``create_graph=True``, for example for a gradient penalty) raises an error.
     """
 
     def _time_block_length(self, u: torch.Tensor) -> int | None:
         """Return the time-block length for this call, or ``None`` to run the sequence whole.
 
         Raises:
-            ValueError: If ``inference_block_elements`` or ``training_block_elements`` is not valid.
+            ValueError: If ``inference_block_elements``, ``training_block_elements`` or
+                ``recompute_time_blocks`` is not valid.
         """
-        if torch.is_grad_enabled():
-            name, elements = "training_block_elements", self.training_block_elements
-        else:
-            name, elements = "inference_block_elements", self.inference_block_elements
+        for name in ("inference_block_elements", "training_block_elements"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(
+                    f"{name} must be a positive integer (values per time block) or None (no time blocks), "
+                    f"got {value!r}; the default is {getattr(DeepSSM, name)}"
+                )
+        if not isinstance(self.recompute_time_blocks, bool):
+            raise ValueError(
+                f"recompute_time_blocks must be True or False, got {self.recompute_time_blocks!r}"
+            )
+        elements = self.training_block_elements if torch.is_grad_enabled() else self.inference_block_elements
         if elements is None:
             return None
-        if isinstance(elements, bool) or not isinstance(elements, int) or elements <= 0:
-            raise ValueError(
-                f"{name} must be a positive integer (values per time block) or None (no time blocks), "
-                f"got {elements!r}; the default is {getattr(DeepSSM, name)}"
-            )
         length = max(256, elements // max(1, u.shape[0] * self.encoder.out_features))
         return length if u.shape[1] >= 2 * length else None
 
@@ -379,7 +400,8 @@ class DeepSSM(nn.Module):
 
         Args:
             u: One step ``(batch, d_input)`` or a chunk ``(batch, time, d_input)``.
-            state: The per-block states returned by the previous call; zero states when ``None``.
+            state: The per-block states returned by the previous call. When ``None``: the
+                learned initial states with ``learn_initial_state=True``, else zero states.
             mode: Scan backend; the sequential ``"loop"`` suits single steps.
 
         Returns:
@@ -498,9 +520,9 @@ class _RecomputedTimeBlocks(torch.autograd.Function):
     saved start states and takes the gradients for the block's output slice
     and its final states. The gradients of its start states go on to the
     previous block. ``torch.utils.checkpoint`` applied to each time block
-    gives the same gradients; measured on the benchmark model it was slower
-    and kept more memory, because its engine-driven recomputation does not
-    free a block before the next one starts.
+    gives the same gradients. On the benchmark model (``l2n``, batch 8, 2 CPU
+    threads) it was slower, 0.86 s against 0.76 s at 16,384 steps, and its
+    peak memory at 65,536 steps was 1.4 GB against 0.55 GB.
     """
 
     @staticmethod
@@ -551,6 +573,7 @@ class _RecomputedTimeBlocks(torch.autograd.Function):
         return (torch.cat(outputs, dim=1), *state)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor | None, *grad_finals: torch.Tensor | None) -> tuple[Any, ...]:
         u, decoder_weight, *_ = ctx.saved_tensors  # unpacking also checks that nothing was changed in place
         model, length, params = ctx.model, ctx.length, ctx.params

@@ -29,10 +29,11 @@ _CACHE: ContextVar[dict[tuple[int, bool, Hashable], Any] | None] = ContextVar("n
 
 @contextmanager
 def reuse_parameter_transforms() -> Iterator[None]:
-    """Compute each keyed :func:`parameter_transform` once while the block runs.
+    """Compute each keyed :func:`parameter_transform` once inside the ``with`` statement.
 
-    The parameters must not change inside the block: use it around one model
-    call, never around an optimizer step. Nested uses share the outer cache.
+    The parameters must not change inside the ``with`` statement: use it
+    around one model call, never around an optimizer step. Nested uses share
+    the outer cache.
 
     Example:
         >>> import torch
@@ -48,7 +49,8 @@ def reuse_parameter_transforms() -> Iterator[None]:
         >>> first is second, len(calls)
         (True, 1)
     """
-    if _CACHE.get() is not None:
+    # Under torch.compile the cache stays off: the context variable would break the traced graph.
+    if torch.compiler.is_compiling() or _CACHE.get() is not None:
         yield
         return
     token = _CACHE.set({})
@@ -61,8 +63,10 @@ def reuse_parameter_transforms() -> Iterator[None]:
 def parameter_transform(owner: object, key: Hashable, compute: Callable[[], T]) -> T:
     """Return ``compute()``, reused for the same ``owner`` and ``key`` inside :func:`reuse_parameter_transforms`.
 
-    Outside that block, and while ``torch.compile`` traces, this is just
-    ``compute()``.
+    Outside that ``with`` statement, and while ``torch.compile`` traces, this
+    is just ``compute()``. Whether autograd is on is part of the key, so a
+    value computed under ``torch.no_grad()`` is never returned to a call with
+    autograd on, nor the reverse.
 
     Args:
         owner: The module whose parameters the value depends on.
@@ -70,8 +74,10 @@ def parameter_transform(owner: object, key: Hashable, compute: Callable[[], T]) 
             include every input that changes it, such as the dtype.
         compute: Computes the value from ``owner``'s parameters alone.
     """
+    if torch.compiler.is_compiling():
+        return compute()
     cache = _CACHE.get()
-    if cache is None or torch.compiler.is_compiling():
+    if cache is None:
         return compute()
     name = (id(owner), torch.is_grad_enabled(), key)
     if name not in cache:

@@ -126,3 +126,40 @@ def test_parameter_transform_keys() -> None:
         with reuse_parameter_transforms():  # a nested block shares the outer one
             assert parameter_transform(owner, "a", lambda: next(values)) == first
     assert parameter_transform(owner, "a", lambda: -1) == -1
+
+
+def test_recompute_refuses_second_order_gradients() -> None:
+    """A gradient penalty needs the graph of the gradient, which recomputed blocks do not build: it must fail loudly."""
+    model = _model("l2n").double()
+    model.training_block_elements = 64
+    u = torch.randn(2, 800, 2, dtype=torch.float64, requires_grad=True)
+    model.recompute_time_blocks = True
+    y, _ = model(u)
+    (grad_u,) = torch.autograd.grad(y.square().sum(), u, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_u.square().sum().backward()
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [("training_block_elements", 0), ("inference_block_elements", -1), ("recompute_time_blocks", "yes")],
+)
+def test_block_settings_checked_in_every_mode(name: str, bad: object, grad: bool) -> None:
+    model = _model("l2n")
+    setattr(model, name, bad)
+    with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=name):
+        model(torch.randn(1, 10, 2))
+
+
+def test_model_copies_after_a_call_with_autograd() -> None:
+    import copy
+
+    model = _model("l2n")
+    y, finals = model(torch.randn(2, 30, 2))
+    clone = copy.deepcopy(model)
+    assert clone._carried_states is not None
+    for got, want in zip(clone._carried_states, finals):
+        assert not got.requires_grad
+        torch.testing.assert_close(got, want.detach())
+    torch.testing.assert_close(clone(torch.ones(1, 5, 2))[0], model(torch.ones(1, 5, 2))[0])
