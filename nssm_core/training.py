@@ -134,20 +134,28 @@ def run_padded(
     if lengths.shape != (u.shape[0],) or bool((lengths < 1).any()) or bool((lengths > u.shape[1]).any()):
         raise ValueError(f"lengths must hold {u.shape[0]} values between 1 and {u.shape[1]}, got {lengths.tolist()}")
 
-    # Each block returns its whole state sequence x_0 .. x_T; DeepSSM keeps only x_T.
+    # Each block returns its whole state sequence x_0 .. x_T; DeepSSM keeps only x_T. A long input runs
+    # in time blocks, and then every block of the model returns one piece per time block, in time order.
     sequences: list[torch.Tensor] = []
     handles = [
         block.register_forward_hook(lambda _module, _inputs, output: sequences.append(output[1]))
         for block in model.blocks
     ]
+    recompute = model.recompute_time_blocks
+    model.recompute_time_blocks = False  # recomputed blocks would return their states without a graph
     try:
         y, _ = model(u, mode=mode)
     finally:
+        model.recompute_time_blocks = recompute
         for handle in handles:
             handle.remove()
 
+    depth = len(model.blocks)
+    pieces = [sequences[index::depth] for index in range(depth)]
+    # Each piece starts with the state the previous piece ended in.
+    whole = [torch.cat([parts[0], *(part[:, 1:] for part in parts[1:])], dim=1) for parts in pieces]
     rows = torch.arange(u.shape[0], device=u.device)
-    final_states = [states[rows, lengths] for states in sequences]
+    final_states = [states[rows, lengths] for states in whole]
     valid = torch.arange(u.shape[1], device=u.device)[None, :] < lengths[:, None]
     return y * valid.unsqueeze(-1).to(y.dtype), final_states
 

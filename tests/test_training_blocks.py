@@ -163,3 +163,23 @@ def test_model_copies_after_a_call_with_autograd() -> None:
         assert not got.requires_grad
         torch.testing.assert_close(got, want.detach())
     torch.testing.assert_close(clone(torch.ones(1, 5, 2))[0], model(torch.ones(1, 5, 2))[0])
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["keep-graph", "recompute"])
+def test_padded_records_in_time_blocks(recompute: bool) -> None:
+    from nssm_core.training import run_padded
+
+    torch.manual_seed(0)
+    model = _model("tv").double()
+    u = torch.randn(3, 900, 2, dtype=torch.float64)
+    lengths = torch.tensor([900, 517, 256])
+    results = []
+    for elements in (None, 64):  # one pass, then blocks of 256 steps
+        model.training_block_elements = elements
+        model.recompute_time_blocks = recompute
+        y, finals = run_padded(model, u, lengths)
+        loss = y.square().sum() + sum(s.square().sum() for s in finals)
+        results.append([y.detach(), *(s.detach() for s in finals), *torch.autograd.grad(loss, list(model.parameters()))])
+        assert model.recompute_time_blocks is recompute  # restored after the call
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
