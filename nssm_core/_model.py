@@ -314,54 +314,74 @@ class DeepSSM(nn.Module):
         self._carried_states = final_states
         return y, final_states
 
-    inference_block_elements: int | None = 1 << 19
-    """Values per time block (batch x steps x d_model) when :meth:`forward` runs without autograd.
+    _DEFAULT_BLOCK_ELEMENTS = 1 << 19
+    _inference_block_elements: int | None = _DEFAULT_BLOCK_ELEMENTS
+    _training_block_elements: int | None = _DEFAULT_BLOCK_ELEMENTS
+    _recompute_time_blocks: bool = False
 
-    A positive integer, or ``None`` to run every sequence whole. Blocks are
-    at least 256 steps long, and a sequence shorter than two blocks runs
-    whole.
-    """
+    @property
+    def inference_block_elements(self) -> int | None:
+        """Values per time block (batch x steps x d_model) when :meth:`forward` runs without autograd.
 
-    training_block_elements: int | None = 1 << 19
-    """Values per time block (batch x steps x d_model) when :meth:`forward` runs with autograd.
-
-    A positive integer, or ``None`` to run every sequence whole. A block has
-    ``max(256, training_block_elements // (batch * d_model))`` steps, and a
-    sequence shorter than two blocks runs whole. Without dropout (or in
-    eval mode) the outputs and gradients equal those of the whole sequence up
-    to round-off. Dropout masks are drawn block by block, so they differ from
-    those of a one-pass call.
-    """
-
-    recompute_time_blocks: bool = False
-    """With autograd, keep only the states at the time-block boundaries and recompute each block in the backward pass.
-
-    Memory then no longer grows with the sequence length beyond the input
-    and output, at the cost of a second forward pass. It takes effect when
-    the sequence is split into time blocks (see ``training_block_elements``),
-    and under neither ``torch.compile`` nor ``torch.func`` transforms. It
-    gives first-order gradients only: differentiating the gradients again
-    (``create_graph=True``, for example for a gradient penalty) raises an error.
-    """
-
-    def _time_block_length(self, u: torch.Tensor) -> int | None:
-        """Return the time-block length for this call, or ``None`` to run the sequence whole.
+        A positive integer ($2^{19}$ by default), or ``None`` to run every
+        sequence whole. Blocks are at least 256 steps long, and a sequence
+        shorter than two blocks runs whole.
 
         Raises:
-            ValueError: If ``inference_block_elements``, ``training_block_elements`` or
-                ``recompute_time_blocks`` is not valid.
+            ValueError: When set to anything else.
         """
-        for name in ("inference_block_elements", "training_block_elements"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(
-                    f"{name} must be a positive integer (values per time block) or None (no time blocks), "
-                    f"got {value!r}; the default is {getattr(DeepSSM, name)}"
-                )
-        if not isinstance(self.recompute_time_blocks, bool):
-            raise ValueError(
-                f"recompute_time_blocks must be True or False, got {self.recompute_time_blocks!r}"
-            )
+        return self._inference_block_elements
+
+    @inference_block_elements.setter
+    def inference_block_elements(self, value: int | None) -> None:
+        self._inference_block_elements = _check_block_elements("inference_block_elements", value)
+
+    @property
+    def training_block_elements(self) -> int | None:
+        """Values per time block (batch x steps x d_model) when :meth:`forward` runs with autograd.
+
+        A positive integer ($2^{19}$ by default), or ``None`` to run every
+        sequence whole. A block has
+        ``max(256, training_block_elements // (batch * d_model))`` steps, and a
+        sequence shorter than two blocks runs whole. Without dropout (or in
+        eval mode) the outputs and gradients equal those of the whole sequence
+        up to round-off. Dropout masks are drawn block by block, so they differ
+        from those of a one-pass call.
+
+        Raises:
+            ValueError: When set to anything else.
+        """
+        return self._training_block_elements
+
+    @training_block_elements.setter
+    def training_block_elements(self, value: int | None) -> None:
+        self._training_block_elements = _check_block_elements("training_block_elements", value)
+
+    @property
+    def recompute_time_blocks(self) -> bool:
+        """With autograd, keep only the states at the time-block boundaries and recompute each block in backward.
+
+        ``False`` by default. Memory then no longer grows with the sequence
+        length beyond the input and output, at the cost of a second forward
+        pass. It takes effect when the sequence is split into time blocks (see
+        :attr:`training_block_elements`), and under neither ``torch.compile``
+        nor ``torch.func`` transforms. It gives first-order gradients only:
+        differentiating the gradients again (``create_graph=True``, for
+        example for a gradient penalty) raises an error.
+
+        Raises:
+            ValueError: When set to anything but ``True`` or ``False``.
+        """
+        return self._recompute_time_blocks
+
+    @recompute_time_blocks.setter
+    def recompute_time_blocks(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"recompute_time_blocks must be True or False, got {value!r}")
+        self._recompute_time_blocks = value
+
+    def _time_block_length(self, u: torch.Tensor) -> int | None:
+        """Return the time-block length for this call, or ``None`` to run the sequence whole."""
         elements = self.training_block_elements if torch.is_grad_enabled() else self.inference_block_elements
         if elements is None:
             return None
@@ -499,6 +519,20 @@ class DeepSSM(nn.Module):
     @staticmethod
     def _factor(name: str, value: torch.Tensor, kind: CertificateKind) -> CertificateFactor:
         return CertificateFactor(name, float(value), kind.value)
+
+
+def _check_block_elements(name: str, value: object) -> int | None:
+    """Return ``value`` if it is a positive integer or ``None``.
+
+    Raises:
+        ValueError: Otherwise, naming the setting ``name`` and its default.
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(
+            f"{name} must be a positive integer (values per time block) or None (no time blocks), "
+            f"got {value!r}; the default is {DeepSSM._DEFAULT_BLOCK_ELEMENTS}"
+        )
+    return value
 
 
 def _can_recompute() -> bool:
