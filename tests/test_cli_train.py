@@ -113,3 +113,27 @@ def test_train_bad_gamma_text(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--gamma", "-3"])
     assert "invalid gamma" in capsys.readouterr().err
+
+
+def test_train_in_recomputed_time_blocks(tmp_path, monkeypatch):
+    """The bundled records (1024 samples) run in four time blocks of 256 steps, with and without recomputation."""
+    from nssm_core import _model
+
+    recomputed = []
+    original = _model._RecomputedTimeBlocks.forward
+
+    def counted(*args, **kwargs):
+        recomputed.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_model._RecomputedTimeBlocks, "forward", staticmethod(counted))
+    metrics = []
+    for extra in ([], ["--recompute-time-blocks"]):
+        out = tmp_path / ("recompute" if extra else "kept")
+        arguments = ["--epochs", "20", "--training-block-elements", "64", "--out", str(out), *extra]
+        assert main(["train", *arguments, *SMALL_MODEL]) == 0
+        metrics.append(json.loads((out / "metrics.json").read_text()))
+        assert len(recomputed) == (20 if extra else 0)  # one recomputing call per training step
+    # The gradients agree to round-off, so twenty steps end at nearly the same model.
+    assert metrics[1]["test_rmse"] == pytest.approx(metrics[0]["test_rmse"], rel=1e-3)
+    assert metrics[1]["final_train_loss"] == pytest.approx(metrics[0]["final_train_loss"], rel=1e-3)

@@ -174,6 +174,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--eval-every", type=int, default=1, help="Steps between validation evaluations.")
     run.add_argument("--mode", default="scan", help="Scan backend used for training and simulation.")
+    run.add_argument(
+        "--training-block-elements", type=int, default=None,
+        help="Values (windows x steps x d_model) per time block of a training step; long windows run in time "
+        "blocks with the states carried between them. Default: the model's (2^19).",
+    )
+    run.add_argument(
+        "--recompute-time-blocks", action="store_true",
+        help="Keep only the states between time blocks and recompute each block in the backward pass: "
+        "training memory stops growing with the window length, at the cost of a second forward pass.",
+    )
     run.add_argument("--seed", type=int, default=0, help="Random seed.")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch; torch's own choice when not given.")
     run.add_argument(
@@ -284,6 +294,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         ("--patience", args.patience, 1),
         ("--eval-every", args.eval_every, 1),
         ("--stride", args.stride, 1),
+        ("--training-block-elements", args.training_block_elements, 1),
     ):
         if value is not None and value < minimum:
             word = "positive" if minimum == 1 else "0 or positive"
@@ -414,6 +425,9 @@ def run_training(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         normalizer = Normalizer.fit(train_records)
         model = DeepSSM(train_records[0].u.shape[1], train_records[0].y.shape[1], config=config)
+        if args.training_block_elements is not None:
+            model.training_block_elements = args.training_block_elements
+        model.recompute_time_blocks = args.recompute_time_blocks
         model.to(context.device)
         checkpoint_extra = {
             "normalization": normalizer.to_dict(),
