@@ -35,17 +35,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path):
-    # Two records of different lengths: windows of 40 and a shorter whole record, so the
-    # global batch is padded and masked, and each process gets a different share of it.
-    _write_record(tmp_path / "a.csv", 130, seed=1)
-    _write_record(tmp_path / "b.csv", 33, seed=2)
+@pytest.mark.parametrize("time_blocks", [False, True], ids=["one-pass", "recomputed-time-blocks"])
+def test_two_processes_match_one(tmp_path, time_blocks):
+    # Two records of different lengths: windows and a shorter whole record, so the global batch
+    # is padded and masked, and each process gets a different share of it.
+    scale = 15 if time_blocks else 1  # windows of 600 steps run in time blocks of 256 steps
+    _write_record(tmp_path / "a.csv", 130 * scale, seed=1)
+    _write_record(tmp_path / "b.csv", 33 * scale, seed=2)
     common = [
         "train", "--data", str(tmp_path / "*.csv"), "--inputs", "u", "--outputs", "y", "--test-fraction", "0.2",
-        "--window", "40", "--batch-size", "4", "--epochs", "5", "--washout", "3", "--dropout", "0",
+        "--window", str(40 * scale), "--batch-size", "4", "--epochs", "5", "--washout", "3", "--dropout", "0",
         "--d-model", "4", "--d-state", "4", "--n-layers", "1", "--search-steps", "1", "--threads", "1", "--quiet",
         "--checkpoint-every", "5",
     ]
+    if time_blocks:
+        common += ["--training-block-elements", "4", "--recompute-time-blocks"]
 
     outputs, processes = _launch_two_ranks(tmp_path, common, attempt=0)
     if any(process.returncode != 0 for process in processes):
