@@ -262,9 +262,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     previous_old_peak: dict[tuple[str, str], tuple[int, float]] = {}
 
     for length in args.lengths:
-        # Fewer rounds above 16,384 steps, where neural-ssm's fwd+bwd takes tens of seconds, but the same
-        # number of timed runs per worker: with one run, the first call at a new length (fresh allocations)
-        # would be the only one timed.
+        # Above 16,384 steps neural-ssm's fwd+bwd takes tens of seconds, so those lengths get one round fewer.
+        # The timed runs per worker stay the same, because with one run only the first call at a new length
+        # (with fresh allocations) would be timed.
         rounds = args.rounds if length <= 16384 else max(1, args.rounds - 1)
         repeats = args.repeats
         for core in cores:

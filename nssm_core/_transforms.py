@@ -79,7 +79,7 @@ def parameter_transform(owner: object, key: Hashable, compute: Callable[[], T]) 
     cache = _CACHE.get()
     if cache is None:
         return compute()
-    name = (id(owner), torch.is_grad_enabled(), key)
-    if name not in cache:
-        cache[name] = compute()
-    return cache[name]
+    cache_key = (id(owner), torch.is_grad_enabled(), key)
+    if cache_key not in cache:
+        cache[cache_key] = compute()
+    return cache[cache_key]

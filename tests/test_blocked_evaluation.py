@@ -88,17 +88,10 @@ def test_tv_fused_front_matches_unfused(dtype: torch.dtype, monkeypatch: pytest.
             torch.testing.assert_close(got, want, rtol=10 * tolerance, atol=10 * tolerance)
 
 
+@pytest.mark.parametrize("name", ["inference_block_elements", "training_block_elements"])
 @pytest.mark.parametrize("bad", [0, -5, 1.5, "4096", True])
-def test_invalid_block_elements_rejected(bad: object) -> None:
+def test_invalid_block_elements_rejected(name: str, bad: object) -> None:
     model = DeepSSM(1, 1, d_model=4, d_state=4, n_layers=1, param="l2n", ff="TLIP", gamma=2.0)
-    with pytest.raises(ValueError, match="inference_block_elements must be a positive integer .* default is 524288"):
-        model.inference_block_elements = bad  # type: ignore[assignment]
-    assert model.inference_block_elements == 1 << 19  # unchanged
-
-
-@pytest.mark.parametrize("bad", [0, -5, 1.5, "4096", True])
-def test_invalid_training_block_elements_rejected(bad: object) -> None:
-    model = DeepSSM(1, 1, d_model=4, d_state=4, n_layers=1, param="l2n", ff="TLIP", gamma=2.0)
-    with pytest.raises(ValueError, match="training_block_elements must be a positive integer .* or None"):
-        model.training_block_elements = bad  # type: ignore[assignment]
-    assert model.training_block_elements == 1 << 19  # unchanged
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer .* or None .* default is 524288"):
+        setattr(model, name, bad)
+    assert getattr(model, name) == 1 << 19  # unchanged

@@ -77,17 +77,17 @@ def test_recompute_saves_no_sequence_sized_graph() -> None:
     model = DeepSSM(1, 1, d_model=8, d_state=8, n_layers=2, param="l2n", ff="TLIP", gamma=2.0)
     model.training_block_elements = 1024  # blocks of 256 steps at batch 4
     u = torch.randn(4, 4096, 1)
-    kept = _saved_values(model, u)
+    kept_graph_values = _saved_values(model, u)
     model.recompute_time_blocks = True
-    recomputed = _saved_values(model, u)
+    recomputed_values = _saved_values(model, u)
     parameters = sum(p.numel() for p in model.parameters())
-    # The recomputing node saves the input and the parameters; the graph kept without it holds many
-    # values per step and channel.
-    assert recomputed <= u.numel() + 2 * parameters
-    assert kept > 20 * u.numel() * 8
+    # The recomputing node saves the input and the parameters. Without it, the kept graphs contain
+    # many values per step and channel.
+    assert recomputed_values <= u.numel() + 2 * parameters
+    assert kept_graph_values > 20 * u.numel() * 8
 
 
-def test_parameter_transforms_computed_once_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transforms_computed_once_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original = TLIP._forward_weights
 
@@ -128,7 +128,7 @@ def test_parameter_transform_keys() -> None:
     assert parameter_transform(owner, "a", lambda: -1) == -1
 
 
-def test_recompute_refuses_second_order_gradients() -> None:
+def test_recompute_rejects_second_order_gradients() -> None:
     """A gradient penalty needs the graph of the gradient, which recomputed blocks do not build: it must fail loudly."""
     model = _model("l2n").double()
     model.training_block_elements = 64
@@ -157,7 +157,7 @@ def test_block_settings_checked_when_set(name: str, bad: object) -> None:
     assert (other.training_block_elements, other.recompute_time_blocks) == (1 << 19, False)  # per instance
 
 
-def test_model_copies_after_a_call_with_autograd() -> None:
+def test_deepcopy_after_autograd_call() -> None:
     import copy
 
     model = _model("l2n")

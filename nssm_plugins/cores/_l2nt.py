@@ -23,6 +23,7 @@ from nssm_core import (
     CoreSpec,
     RecurrenceStructure,
     ScanBackend,
+    parameter_transform,
     recurrence_dtype,
     safety_margin,
     spectral_norm_upper,
@@ -152,8 +153,9 @@ class L2NT(CoreBase):
         dtype = recurrence_dtype(u.dtype)  # the recurrence never runs in half precision
         u = u.to(dtype)
         n = self.d_state
-        k = self.contraction().to(dtype)
-        gamma = self.gamma.to(dtype)
+        k, gamma = parameter_transform(
+            self, ("run", dtype), lambda: (self.contraction().to(dtype), self.gamma.to(dtype))
+        )
         # gamma is folded into the input columns, so no scaled copy of u is made or saved.
         drives = (u @ (k[:n, n:] * gamma).T).to(dtype)
         with torch.autocast(u.device.type, enabled=False):  # the dense scan's products stay in float32

@@ -46,6 +46,7 @@ from nssm_core import (
     CoreSpec,
     RecurrenceStructure,
     ScanBackend,
+    parameter_transform,
     recurrence_dtype,
     spectral_norm_upper,
 )
@@ -159,7 +160,9 @@ class L2RU(CoreBase):
         # NOTE: the bound is proven for the float64 matrices; their float32 cast is not bounded separately.
         dtype = recurrence_dtype(u.dtype)  # the recurrence never runs in half precision
         u = u.to(dtype)
-        a, b, c, d = (m.to(dtype) for m in self.lti_matrices())
+        a, b, c, d = parameter_transform(
+            self, ("run", dtype), lambda: tuple(m.to(dtype) for m in self.lti_matrices())
+        )
         drives = (u @ b.T).to(dtype)
         with torch.autocast(u.device.type, enabled=False):  # the dense scan's products stay in float32
             states = backend.dense(a, drives, x0)

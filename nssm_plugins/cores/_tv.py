@@ -333,9 +333,10 @@ class _GatedOutput(torch.autograd.Function):
         grad_c = torch.empty_like(c) if ctx.needs_input_grad[0] else None
         grad_states = torch.empty_like(c) if ctx.needs_input_grad[1] else None
         grad_weight = torch.zeros_like(weight, dtype=c.dtype)
+        recurrence_weight = weight.to(c.dtype)
         for block in _time_blocks(c):
             gate, state, grad = c[:, block], states[:, block], grad_y[:, block]
-            grad_gated = grad @ weight.to(c.dtype)
+            grad_gated = grad @ recurrence_weight
             grad_weight.addmm_(grad.flatten(0, 1).T, (gate * state).flatten(0, 1))
             if grad_c is not None:
                 torch.mul(grad_gated, state, out=grad_c[:, block])
@@ -345,7 +346,7 @@ class _GatedOutput(torch.autograd.Function):
 
 
 def _time_blocks(x: torch.Tensor, elements: int = 1 << 18) -> list[slice]:
-    """Return time slices of ``x`` ``(batch, time, d)`` of about ``elements`` values for the fused front."""
+    """Return time slices of ``x`` ``(batch, time, d)`` of about ``elements`` values for the fused nodes."""
     return time_blocks(tuple(x.shape), elements)
 
 

@@ -37,7 +37,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from nssm_core import CertificateKind, CoreBase, CoreSpec, RecurrenceStructure, ScanBackend, safety_margin
+from nssm_core import (
+    CertificateKind,
+    CoreBase,
+    CoreSpec,
+    RecurrenceStructure,
+    ScanBackend,
+    parameter_transform,
+    safety_margin,
+)
 
 from ._complex import realify_diagonal
 from ._l2n import initial_block_gamma
@@ -183,16 +191,22 @@ class ZAK(CoreBase):
         c = (h / divisor).mH
         return lam, b, c, d
 
+    def _run_matrices(self, complex_dtype: torch.dtype, input_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Return $(\\lambda, B, C)$ in ``complex_dtype`` and $D$ in ``input_dtype``, as :meth:`run` applies them."""
+        lam, b, c, d = self.system()
+        return lam.to(complex_dtype), b.to(complex_dtype), c.to(complex_dtype), d.to(input_dtype)
+
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
         complex_dtype = x0.dtype
         # NOTE: the bound is proven for the float64 system; its complex64 cast is not bounded separately.
-        lam, b, c, d = self.system()
-        drives = u.to(complex_dtype) @ b.to(complex_dtype).T
-        states = backend.diagonal(lam.to(complex_dtype), drives, x0)
-        c = c.to(complex_dtype)
+        lam, b, c, d = parameter_transform(
+            self, ("run", complex_dtype, u.dtype), lambda: self._run_matrices(complex_dtype, u.dtype)
+        )
+        drives = u.to(complex_dtype) @ b.T
+        states = backend.diagonal(lam, drives, x0)
         past = states[:, :-1]
-        y = past.real @ c.real.T - past.imag @ c.imag.T + u @ d.to(u.dtype).T
+        y = past.real @ c.real.T - past.imag @ c.imag.T + u @ d.T
         return y, states
 
     def lti_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
