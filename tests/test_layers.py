@@ -8,6 +8,8 @@ extreme raw parameters.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -16,7 +18,17 @@ import nssm_plugins.layers
 from nssm_core import CertificateKind, DeepSSM, LayerSpec, get_registry
 from nssm_core.analysis import worst_case_gain
 from nssm_core.testing import check_layer_bound, randomize_parameters
-from nssm_plugins.layers import LGLU, LMLP, MLP, TLIP, cayley, centered_group_sort, group_sort
+from nssm_plugins.layers import (
+    LGLU,
+    LMLP,
+    MLP,
+    TLIP,
+    cayley,
+    centered_group_sort,
+    centered_sort_halves,
+    group_sort,
+    halves_order,
+)
 
 D_MODEL = 6
 SPEC = LayerSpec(d_model=D_MODEL, d_hidden=10, nl_layers=2)
@@ -220,6 +232,56 @@ def test_centered_group_sort_matches_difference():
         assert torch.allclose(centered_group_sort(z, bias), expected, atol=1e-12)
         zeros = torch.zeros(2, width)
         assert torch.equal(centered_group_sort(zeros, bias.float()), zeros)
+
+
+def test_halves_order():
+    assert halves_order(6).tolist() == [0, 2, 4, 1, 3, 5]
+    assert halves_order(7).tolist() == [0, 2, 4, 1, 3, 5, 6]
+    assert halves_order(1).tolist() == [0]
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 7])
+def test_centered_sort_halves_matches_interleaved(width):
+    generator = torch.Generator().manual_seed(width)
+    order = halves_order(width)
+    z = torch.randn(3, 50, width, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = (3.0 * torch.randn(width, generator=generator, dtype=torch.float64)).requires_grad_()
+    weights = torch.randn(3, 50, width, generator=generator, dtype=torch.float64)
+
+    expected = centered_group_sort(z, bias)[..., order]
+    halves = centered_sort_halves(z[..., order], bias)
+    assert torch.equal(halves, expected)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (z, bias), allow_unused=True, materialize_grads=True)
+    grads = torch.autograd.grad((halves * weights).sum(), (z, bias), allow_unused=True, materialize_grads=True)
+    for got, want in zip(grads, expected_grads):
+        assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    # The functorch path (no writes into slices) gives the same values and Jacobian.
+    jacobian = torch.func.jacrev(lambda x: centered_sort_halves(x, bias.detach()))(z.detach()[0, :4, order])
+    reference = torch.func.jacrev(lambda x: centered_group_sort(x, bias.detach())[..., order])(z.detach()[0, :4])
+    assert torch.allclose(jacobian, reference[..., order], atol=0)
+    assert torch.equal(centered_sort_halves(torch.zeros(2, width), bias.detach().float()), torch.zeros(2, width))
+
+
+@pytest.mark.parametrize(("d_hidden", "nl_layers"), [(6, 1), (7, 2), (8, 3)])
+def test_tlip_matches_interleaved_reference(d_hidden, nl_layers):
+    layer = randomize_parameters(TLIP(D_MODEL, d_hidden=d_hidden, nl_layers=nl_layers, scale=SCALE)).double()
+    x = torch.randn(5, 20, D_MODEL, generator=torch.Generator().manual_seed(d_hidden), dtype=torch.float64)
+
+    def reference() -> torch.Tensor:
+        # The definition: sqrt(L) W_k+1 g(... g(W_1 sqrt(L) x + b_1) ...) in the interleaved channel order.
+        *hidden, last = layer.normalised_weights()
+        h = x * math.sqrt(SCALE)
+        for weight, bias in zip(hidden, layer.biases):
+            h = centered_group_sort(h @ weight.T, bias)
+        return math.sqrt(SCALE) * h @ last.T
+
+    expected = reference()
+    got = layer(x)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(layer.parameters()))
+    got_grads = torch.autograd.grad(got.square().sum(), list(layer.parameters()))
+    for got_grad, want in zip(got_grads, expected_grads):
+        assert torch.allclose(got_grad, want, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["LMLP", "TLIP"])

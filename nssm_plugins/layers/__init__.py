@@ -14,7 +14,9 @@ from ._lipschitz import SandwichLayer as SandwichLayer
 from ._lipschitz import TLIPOptions as TLIPOptions
 from ._lipschitz import cayley as cayley
 from ._lipschitz import centered_group_sort as centered_group_sort
+from ._lipschitz import centered_sort_halves as centered_sort_halves
 from ._lipschitz import group_sort as group_sort
+from ._lipschitz import halves_order as halves_order
 from ._mlp import MLP as MLP
 
 __all__ = [
@@ -29,5 +31,7 @@ __all__ = [
     "TLIPOptions",
     "cayley",
     "centered_group_sort",
+    "centered_sort_halves",
     "group_sort",
+    "halves_order",
 ]
