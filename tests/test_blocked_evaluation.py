@@ -60,12 +60,13 @@ def tv_reference(core: TV, u: torch.Tensor) -> torch.Tensor:
     return (c * states[:, :-1]) @ core.output_matrix().T
 
 
+@pytest.mark.parametrize("d_selector", [0, 4])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_tv_fused_front_matches_unfused(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tv_fused_front_matches_unfused(dtype: torch.dtype, d_selector: int, monkeypatch: pytest.MonkeyPatch) -> None:
     original = _tv._time_blocks
     monkeypatch.setattr(_tv, "_time_blocks", lambda x: original(x, elements=60))  # several blocks per call
     torch.manual_seed(0)
-    core = TV(3, 2, 5, gamma=1.5, d_selector=4).to(dtype)
+    core = TV(3, 2, 5, gamma=1.5, d_selector=d_selector).to(dtype)
     with torch.no_grad():
         for parameter in core.parameters():
             parameter.mul_(3.0)  # most triples then need the normalisation
@@ -86,6 +87,25 @@ def test_tv_fused_front_matches_unfused(dtype: torch.dtype, monkeypatch: pytest.
         assert (got is None) == (want is None)
         if got is not None:
             torch.testing.assert_close(got, want, rtol=10 * tolerance, atol=10 * tolerance)
+
+
+def test_tv_core_saves_three_state_sized_tensors() -> None:
+    # The front saves only its inputs; the scan keeps the decays and the states, the output node the gates.
+    torch.manual_seed(0)
+    core = TV(3, 2, 16, gamma=1.5)
+    u = torch.randn(4, 50, 3, requires_grad=True)
+    saved: dict[int, tuple[int, ...]] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved[tensor.untyped_storage().data_ptr()] = tuple(tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        y, _ = core(u, mode="scan")
+    state_sized = [shape for shape in saved.values() if len(shape) == 3 and shape[-1] == 16]
+    assert len(state_sized) == 3, state_sized
+    y.square().sum().backward()  # the graph still differentiates
+    assert u.grad is not None and torch.isfinite(u.grad).all()
 
 
 @pytest.mark.parametrize("name", ["inference_block_elements", "training_block_elements"])

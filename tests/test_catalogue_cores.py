@@ -276,14 +276,18 @@ def test_tv_float32_triples_are_contractions() -> None:
     # The fused front takes raw selector values: inverting its softplus, exp and tanh gives about the same triples.
     rate = torch.zeros(1)
     rate_factor = torch.nn.functional.softplus(rate)
-    exponent = (-torch.log(a.double()) / rate_factor.double()).clamp(min=1e-30)
-    delta = torch.log(torch.expm1(exponent)).float()
+    exponent = (-torch.log(a.double()) / rate_factor.double()).clamp(min=1e-30, max=1e30)
+    # softplus^-1(x) = log(expm1(x)), which is x itself above 30; a = 0 then gets a finite delta of 1e30.
+    delta = torch.where(exponent > 30, exponent, torch.log(torch.expm1(exponent.clamp(max=30)))).float()
     raw_b = torch.atanh(b.double().clamp(-1 + 1e-7, 1 - 1e-7)).float()
     raw_c = torch.atanh(c.double().clamp(-1 + 1e-7, 1 - 1e-7)).float()
+    # An identity selector passes (delta, raw b, raw c) through, and W_in = 1 makes v = 1.
+    selected = torch.stack([delta, raw_b, raw_c], dim=-1).unsqueeze(0)
     fused = _TVFront.apply(
-        delta.view(1, -1, 1), raw_b.view(1, -1, 1), raw_c.view(1, -1, 1), ones, torch.zeros(1), rate,
+        selected, ones, torch.eye(3), torch.zeros(3), torch.ones(1, 1), torch.zeros(1), rate,
         1.0 + triple_margin(torch.float32),
     )
+    fused = tuple(x.flatten() for x in fused)
     for name, (x, y, z) in (("normalise_triple", normalise_triple(a, b, c)), ("fused front", fused)):
         assert x.dtype == torch.float32, name
         matrices = torch.stack(

@@ -189,21 +189,42 @@ def _normalisation_grads(
 
 
 class _TVFront(torch.autograd.Function):
-    """The ``tv`` core from selector outputs to the scan's inputs, in one node: ``(a, b v, c)`` normalised.
+    """The ``tv`` core from the selector's input to the scan's inputs, in one node: ``(a, b v, c)`` normalised.
 
-    Inputs: ``delta``, ``raw_b``, ``raw_c``, ``v`` (each ``(batch, time, d)``),
-    ``decay_bias`` and ``decay_rate`` (each ``(d,)``). With
+    Inputs: ``hidden`` ``(batch, time, h)``, the input of the selector's last
+    linear map (``u`` itself when the selector is one linear map), ``u``
+    ``(batch, time, d_input)``, that map's ``weight`` ``(3 d, h)`` and ``bias``
+    ``(3 d,)``, ``w_in`` $= \\gamma W_{in}$ ``(d, d_input)``, and ``decay_bias``
+    and ``decay_rate`` (each ``(d,)``). One time block at a time, the node
+    forms the selector outputs $\\delta$, raw $b$, raw $c$ (the three row
+    blocks of ``weight``) and $v = w_{in} u$. With
     $k = \\mathrm{softplus}(\\text{decay\\_rate})$ and
     $p = \\mathrm{softplus}(\\delta + \\text{decay\\_bias})$, the triple is
     $a = e^{-p k}$, $b = \\tanh(\\text{raw\\_b})$, $c = \\tanh(\\text{raw\\_c})$,
     divided by $D$ as in :func:`normalise_triple`; the outputs are
-    $(a / D, (b / D) v, c / D)$. Only the four inputs are saved; the backward
-    pass recomputes the rest, using $\\partial a / \\partial \\delta = -k a \\,
+    $(a / D, (b / D) v, c / D)$.
+
+    Only the inputs are saved: the backward pass recomputes the four small
+    products and the triple block by block, using $\\partial a / \\partial \\delta = -k a \\,
     \\mathrm{sigmoid}(\\delta + \\text{decay\\_bias})$,
     $\\partial a / \\partial \\text{decay\\_rate} = -p a \\, \\mathrm{sigmoid}(\\text{decay\\_rate})$ and
-    $\\tanh' = 1 - \\tanh^2$. Temporaries are updated in place: a fresh
-    tensor of this size costs a round of page faults.
+    $\\tanh' = 1 - \\tanh^2$, and sums the weight gradients over the blocks.
+    No tensor of the sequence's length and the state's width is saved. Inside
+    the node every product runs in the inputs' dtype, also under autocast.
+    Temporaries are updated in place: a fresh tensor of this size costs a
+    round of page faults.
     """
+
+    @staticmethod
+    def _products(
+        hidden: torch.Tensor, u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, w_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(delta, raw_b, raw_c, v)`` of one time block, each contiguous ``(batch, block, d)``."""
+        n = w_in.shape[0]
+        parts = tuple(
+            nn.functional.linear(hidden, weight[i * n : (i + 1) * n], bias[i * n : (i + 1) * n]) for i in range(3)
+        )
+        return parts[0], parts[1], parts[2], nn.functional.linear(u, w_in)
 
     @staticmethod
     def _triple(
@@ -261,21 +282,25 @@ class _TVFront(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
-        delta: torch.Tensor,
-        raw_b: torch.Tensor,
-        raw_c: torch.Tensor,
-        v: torch.Tensor,
+        hidden: torch.Tensor,
+        u: torch.Tensor,
+        weight: torch.Tensor,
         bias: torch.Tensor,
-        rate: torch.Tensor,
+        w_in: torch.Tensor,
+        decay_bias: torch.Tensor,
+        decay_rate: torch.Tensor,
         kappa: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = tuple(torch.empty_like(delta) for _ in range(3))
-        for block in _time_blocks(delta):
-            _TVFront._forward_block(
-                delta[:, block], raw_b[:, block], raw_c[:, block], v[:, block], bias, rate, kappa,
-                tuple(o[:, block] for o in out),  # type: ignore[arg-type]
-            )
-        ctx.save_for_backward(delta, raw_b, raw_c, v, bias, rate)
+        batch, steps, n = u.shape[0], u.shape[1], w_in.shape[0]
+        out = tuple(torch.empty(batch, steps, n, dtype=u.dtype, device=u.device) for _ in range(3))
+        with torch.autocast(u.device.type, enabled=False):
+            for block in _time_blocks(out[0]):
+                delta, raw_b, raw_c, v = _TVFront._products(hidden[:, block], u[:, block], weight, bias, w_in)
+                _TVFront._forward_block(
+                    delta, raw_b, raw_c, v, decay_bias, decay_rate, kappa,
+                    tuple(o[:, block] for o in out),  # type: ignore[arg-type]
+                )
+        ctx.save_for_backward(hidden, u, weight, bias, w_in, decay_bias, decay_rate)
         ctx.kappa = kappa
         return out  # type: ignore[return-value]
 
@@ -284,22 +309,47 @@ class _TVFront(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_a: torch.Tensor, grad_drive: torch.Tensor, grad_c: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        saved = ctx.saved_tensors
-        delta, bias, rate = saved[0], saved[4], saved[5]
-        grads = tuple(torch.zeros_like(delta) if g is None else g for g in (grad_a, grad_drive, grad_c))
-        out = tuple(torch.empty_like(delta) for _ in range(4))
+        hidden, u, weight, bias, w_in, decay_bias, decay_rate = ctx.saved_tensors
+        batch, steps, n = u.shape[0], u.shape[1], w_in.shape[0]
+        shape = (batch, steps, n)
+        grads = tuple(u.new_zeros(shape) if g is None else g for g in (grad_a, grad_drive, grad_c))
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_u = torch.empty_like(u) if ctx.needs_input_grad[1] else None
+        grad_weight = torch.zeros_like(weight)
         grad_bias = torch.zeros_like(bias)
-        grad_rate = torch.zeros_like(rate)
-        for block in _time_blocks(delta):
-            block_bias, block_rate = _TVFront._backward_block(
-                tuple(x[:, block] for x in saved[:4]) + (bias, rate),
-                tuple(g[:, block] for g in grads),  # type: ignore[arg-type]
-                ctx.kappa,
-                tuple(o[:, block] for o in out),  # type: ignore[arg-type]
-            )
-            grad_bias += block_bias
-            grad_rate += block_rate
-        return out[0], out[1], out[2], out[3], grad_bias, grad_rate, None
+        grad_w_in = torch.zeros_like(w_in)
+        grad_decay_bias = torch.zeros_like(decay_bias)
+        grad_decay_rate = torch.zeros_like(decay_rate)
+        blocks = _time_blocks(grads[0])
+        # Gradients of delta, raw b, raw c and v for one block; reused by every block.
+        largest = max(block.stop - block.start for block in blocks)
+        buffers = tuple(u.new_empty(batch, largest, n) for _ in range(4))
+        with torch.autocast(u.device.type, enabled=False):
+            for block in blocks:
+                length = block.stop - block.start
+                block_hidden, block_u = hidden[:, block], u[:, block]
+                products = _TVFront._products(block_hidden, block_u, weight, bias, w_in)
+                parts = tuple(buffer[:, :length] for buffer in buffers)
+                block_decay_bias, block_decay_rate = _TVFront._backward_block(
+                    (*products, decay_bias, decay_rate),
+                    tuple(g[:, block] for g in grads),  # type: ignore[arg-type]
+                    ctx.kappa,
+                    parts,  # type: ignore[arg-type]
+                )
+                grad_decay_bias += block_decay_bias
+                grad_decay_rate += block_decay_rate
+                flat_hidden, flat_u = block_hidden.reshape(-1, hidden.shape[-1]), block_u.reshape(-1, u.shape[-1])
+                for i, part in enumerate(parts[:3]):
+                    flat = part.reshape(-1, n)
+                    grad_weight[i * n : (i + 1) * n].addmm_(flat.T, flat_hidden)
+                    grad_bias[i * n : (i + 1) * n] += flat.sum(dim=0)
+                grad_w_in.addmm_(parts[3].reshape(-1, n).T, flat_u)
+                if grad_hidden is not None:
+                    block_grad = parts[0] @ weight[:n]
+                    grad_hidden[:, block] = block_grad.add_(parts[1] @ weight[n : 2 * n]).add_(parts[2] @ weight[2 * n :])
+                if grad_u is not None:
+                    grad_u[:, block] = parts[3] @ w_in
+        return grad_hidden, grad_u, grad_weight, grad_bias, grad_w_in, grad_decay_bias, grad_decay_rate, None
 
 
 class _GatedOutput(torch.autograd.Function):
@@ -485,13 +535,13 @@ class TV(CoreBase):
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
         dtype = recurrence_dtype(u.dtype)
-        u = u.to(dtype)
-        delta, raw_b, raw_c = (part.to(dtype) for part in self._select(u.to(self.W_in.dtype)))
+        last = self.selector if isinstance(self.selector, nn.Linear) else self.selector[-1]
+        hidden = u if isinstance(self.selector, nn.Linear) else self.selector[:-1](u.to(self.W_in.dtype))
         w_in, w_out = parameter_transform(self, ("run", dtype), lambda: self._run_matrices(dtype))
-        v = u @ w_in.T
+        # The node forms the selector outputs and W_in u itself, block by block, and saves only its inputs.
         a, drives, c = _TVFront.apply(
-            delta, raw_b, raw_c, v.to(dtype), self.decay_bias.to(dtype), self.decay_rate.to(dtype),
-            1.0 + triple_margin(dtype),
+            hidden.to(dtype), u.to(dtype), last.weight.to(dtype), last.bias.to(dtype), w_in,
+            self.decay_bias.to(dtype), self.decay_rate.to(dtype), 1.0 + triple_margin(dtype),
         )
         states = backend.diagonal(a, drives, x0)
         y = _GatedOutput.apply(c, states[:, :-1], w_out)
