@@ -1,10 +1,11 @@
-"""How close can eager PyTorch come to the dense-products floor? Time nssm against an idealised copy of itself.
+"""Time nssm, an idealised copy of it and its dense-products floor, to see how close eager PyTorch can come.
 
 ``bench_vs_neural_ssm.py`` compares nssm with its compute floor, the matrix
-products alone. This script asks how much of the remaining gap any pure
-PyTorch (eager) implementation could close. Next to the model and the
-floor it times an *idealised* model, which computes wrong values but costs
-less than any correct eager implementation of the same model:
+products alone. This script estimates how much of the remaining gap a pure
+PyTorch (eager) implementation of the same model could close. Next to the
+model and the floor it times an *idealised* model, which computes wrong
+values, and whose scan and pair sort cost less than any correct eager
+implementation of those two steps:
 
 - every diagonal scan is replaced by one elementwise product, ``x_{t+1} = a_t b_t``,
   written next to the initial state. A correct scan has to read the drives
@@ -45,18 +46,18 @@ from nssm_core import DeepSSM, SSMConfig  # noqa: E402
 
 
 def _one_pass_scan(self: object, a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """Stand-in for a diagonal scan: ``x_0`` followed by ``a_t b_t``; the values are wrong, the cost one pass."""
+    """Return ``x_0`` followed by ``a_t b_t``: the cost of one pass in place of a diagonal scan, with wrong values."""
     return torch.cat([x0.unsqueeze(1), a * b], dim=1)
 
 
 def _one_op_sort(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Stand-in for the centered pair sort: one ``relu``; the values are wrong."""
+    """Return ``relu(z)``: one operation in place of the centered pair sort, with wrong values."""
     return torch.relu(z)
 
 
 @contextlib.contextmanager
 def idealised() -> Iterator[None]:
-    """Within the block, ``mode="scan"`` diagonal scans and TLIP pair sorts run their stand-ins."""
+    """Replace the ``mode="scan"`` diagonal scan and the TLIP pair sort by their one-pass versions within the block."""
     saved_scan = scan_backends.DefaultScanBackend.diagonal
     saved_sort = lipschitz.centered_sort_halves
     scan_backends.DefaultScanBackend.diagonal = _one_pass_scan  # type: ignore[method-assign]
@@ -69,7 +70,7 @@ def idealised() -> Iterator[None]:
 
 
 def build(core: str) -> DeepSSM:
-    """The benchmark model of ``bench_vs_neural_ssm.py``: d_model 32, d_state 64, 4 blocks, TLIP layers."""
+    """Build the model of ``bench_vs_neural_ssm.py``: d_model 32, d_state 64, 4 blocks, TLIP layers."""
     fields = {"d_model": SHAPE["d_model"], "d_state": SHAPE["d_state"], "n_layers": SHAPE["n_layers"],
               "param": core, "ff": "TLIP"}
     if GAMMA[core] is not None:
@@ -78,6 +79,7 @@ def build(core: str) -> DeepSSM:
 
 
 def timed(run: Callable[[], None]) -> float:
+    """Return the wall-clock seconds of one call of ``run``."""
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
@@ -112,8 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", nargs="+", default=["lru", "l2n", "tv"], choices=sorted(GAMMA))
     parser.add_argument("--lengths", nargs="+", type=int, default=[16384])
-    parser.add_argument("--rounds", type=int, default=5, help="timed runs of each variant (default 5)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=5, help="number of timed runs of each variant (default 5)")
+    parser.add_argument("--threads", type=int, default=2, help="number of torch threads (default 2)")
     args = parser.parse_args(argv)
     for name in ("rounds", "threads"):
         if getattr(args, name) < 1:
