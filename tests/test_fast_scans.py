@@ -176,6 +176,29 @@ def test_chunked_float32_long_sequence_stays_accurate() -> None:
     assert_close(actual.to(torch.complex128), torch.from_numpy(expected), "float32 states", tolerance=1e-3)
 
 
+def test_chunked_reused_buffer_across_modes_and_threads() -> None:
+    # The step-major buffer is reused from call to call: results must not depend on what ran before,
+    # on inference mode (a buffer made inside it could not be written outside it) or on the thread.
+    import threading
+
+    _chunked._workspaces.__dict__.clear()
+    small = random_problem(2, 300, 3, complex_valued=True, decay_shape="invariant", seed=5)
+    large = random_problem(3, 2_000, 4, complex_valued=True, decay_shape="invariant", seed=6)
+    expected = {id(p): torch.from_numpy(sequential_states(*(t.numpy() for t in p))) for p in (small, large)}
+    with torch.inference_mode():
+        first = chunked_diagonal_scan(*large)  # the buffer is made here, at its final size
+    results = [(large, first), (small, chunked_diagonal_scan(*small)), (large, chunked_diagonal_scan(*large))]
+    with torch.inference_mode():
+        results.append((small, chunked_diagonal_scan(*small)))
+    threaded: list[torch.Tensor] = []
+    worker = threading.Thread(target=lambda: threaded.append(chunked_diagonal_scan(*large)))
+    worker.start()
+    worker.join()
+    results.append((large, threaded[0]))
+    for problem, actual in results:
+        assert_close(actual, expected[id(problem)], "states with a reused buffer")
+
+
 def test_chunked_rejects_bad_shapes() -> None:
     a, b, x0 = random_problem(2, 10, 3, complex_valued=False, decay_shape="varying")
     with pytest.raises(ValueError, match=r"decays a have shape \(2, 9, 3\)"):

