@@ -14,6 +14,7 @@ from nssm_core import DeepSSM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import floor_gap  # noqa: E402
+import growth  # noqa: E402
 
 
 def small_model() -> DeepSSM:
@@ -53,3 +54,16 @@ def test_floor_gap_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
 def test_floor_gap_rejects_zero_rounds() -> None:
     with pytest.raises(SystemExit):
         floor_gap.main(["--rounds", "0"])
+
+
+def test_growth_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    growth.main(["--cores", "l2n", "--lengths", "32", "64", "--rounds", "1", "--threads", "1"])
+    rows = [line.strip(" |").split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| l2n |")]
+    assert [(row[1], row[2]) for row in rows] == [("forward", "32"), ("forward", "64"), ("fwd+bwd", "32"), ("fwd+bwd", "64")]
+    assert [row[-2:] for row in rows[::2]] == [["1.00", "1.00"], ["1.00", "1.00"]]
+    assert all(float(row[-1]) > 0 for row in rows)
+
+
+def test_growth_rejects_one_length() -> None:
+    with pytest.raises(SystemExit):
+        growth.main(["--lengths", "64"])
