@@ -540,6 +540,16 @@ def _can_recompute() -> bool:
     return not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
 
 
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    """Return whether autocast is on for ``device_type`` and its dtype."""
+    try:
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):  # torch before 2.4 had per-device functions
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+
+
 def _random_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Return the CPU generator state and, for a CUDA device, that device's state."""
     return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -601,6 +611,8 @@ class _RecomputedTimeBlocks(torch.autograd.Function):
                 outputs.append(part)
         ctx.model, ctx.mode, ctx.length, ctx.present = model, mode, length, present
         ctx.starts, ctx.generators = starts, generators
+        # The backward pass recomputes under the same autocast setting, so bf16 blocks stay bf16.
+        ctx.autocast = _autocast_state(u.device.type)
         ctx.params = tensors[sum(present) :]
         ctx.save_for_backward(u, decoder_weight, *ctx.params)
         ctx.set_materialize_grads(False)
@@ -620,7 +632,9 @@ class _RecomputedTimeBlocks(torch.autograd.Function):
         for index in reversed(range(len(ctx.starts))):
             block = slice(index * length, (index + 1) * length)
             cpu_state, cuda_state = ctx.generators[index]
-            with torch.enable_grad(), torch.random.fork_rng(devices=devices), reuse_parameter_transforms():
+            enabled, dtype = ctx.autocast
+            autocast = torch.autocast(u.device.type, dtype=dtype, enabled=enabled)
+            with torch.enable_grad(), autocast, torch.random.fork_rng(devices=devices), reuse_parameter_transforms():
                 torch.set_rng_state(cpu_state)
                 if cuda_state is not None:
                     torch.cuda.set_rng_state(cuda_state, u.device)

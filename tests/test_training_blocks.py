@@ -188,3 +188,35 @@ def test_padded_records_in_time_blocks(recompute: bool) -> None:
         assert model.recompute_time_blocks is recompute  # restored after the call
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("param", ["tv", "l2n"])
+def test_recompute_keeps_autocast_dtype(param: str) -> None:
+    # The recomputation in the backward pass must run under the forward pass's autocast, or the
+    # gradients belong to a float32 model while the outputs came from a bf16 one.
+    torch.manual_seed(0)
+    model = _model(param)
+    model.training_block_elements = 64
+    model.recompute_time_blocks = True
+    u = torch.randn(2, 700, 2)
+    seen: list[tuple[bool, torch.dtype]] = []
+    model.encoder.register_forward_hook(lambda module, inputs, output: seen.append((torch.is_grad_enabled(), output.dtype)))
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = model(u)
+    forward_calls = len(seen)
+    grads = torch.autograd.grad(y.float().square().sum(), list(model.parameters()), allow_unused=True)
+
+    recomputed = seen[forward_calls:]
+    assert forward_calls > 1
+    assert len(recomputed) == forward_calls
+    assert all(grad_enabled and dtype == torch.bfloat16 for grad_enabled, dtype in recomputed)
+    # Summed per block in float32, the gradients match the kept graphs (summed in bf16) up to about one bf16 step.
+    model.recompute_time_blocks = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_kept, _ = model(u)
+    kept = torch.autograd.grad(y_kept.float().square().sum(), list(model.parameters()), allow_unused=True)
+    assert torch.equal(y_kept, y)
+    for want, got in zip(kept, grads):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=2e-2, atol=float(want.abs().max()) * 2**-7)
