@@ -211,6 +211,22 @@ def test_chunked_rejects_bad_shapes() -> None:
         ChunkedScanBackend(chunk_size=1)
 
 
+def test_chunked_backend_stores_validated_chunk_size() -> None:
+    assert ChunkedScanBackend(chunk_size="8").chunk_size == 8  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("decay_shape", ["invariant", "varying"])
+def test_chunked_zero_steps_gradients(decay_shape: str) -> None:
+    a, b, x0 = random_problem(2, 0, 3, complex_valued=True, decay_shape=decay_shape)
+    a, b, x0 = (t.requires_grad_(True) for t in (a, b, x0))
+    states = chunked_diagonal_scan(a, b, x0)
+    assert states.shape == (2, 1, 3)
+    grad_a, grad_b, grad_x0 = torch.autograd.grad(states.abs().square().sum(), (a, b, x0), allow_unused=True)
+    assert grad_b.shape == b.shape
+    assert torch.allclose(grad_x0, 2 * x0.detach())
+    assert grad_a is None or torch.count_nonzero(grad_a) == 0
+
+
 def test_chunked_registered_for_diagonal_only() -> None:
     registry = get_registry()
     assert "chunked" in registry.names(PluginKind.BACKEND)

@@ -296,6 +296,8 @@ def _run_adjoint(a: torch.Tensor, grad_states: torch.Tensor, chunk: int) -> tupl
     batch, length, width = grad_states.shape
     decays = a.conj()
     later = torch.empty(batch, length - 1, width, dtype=grad_states.dtype, device=grad_states.device)
+    if length == 1:  # no time steps: x_0 is the only state
+        return later, grad_states[:, 0]
     later[:, -1] = grad_states[:, -1]
     inner = decays if decays.ndim == 1 else decays[:, 1:]
     _scan_blocks(later[:, :-1], inner, grad_states[:, 1:-1], grad_states[:, -1], chunk, reverse=True)
@@ -411,8 +413,7 @@ class ChunkedScanBackend:
     structures = frozenset({RecurrenceStructure.DIAGONAL})
 
     def __init__(self, chunk_size: int = DEFAULT_CHUNK) -> None:
-        ChunkedOptions(chunk_size=chunk_size)  # validates the value
-        self.chunk_size = chunk_size
+        self.chunk_size = ChunkedOptions(chunk_size=chunk_size).chunk_size  # validated, "8" becomes 8
 
     def diagonal(self, a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """Evaluate $x_{t+1} = a_t x_t + b_t$; see :class:`nssm_core.ScanBackend`."""
