@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| core | steps | task | nssm s | idealised s | floor s | nssm / floor | idealised / floor |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for length in args.lengths:
-        for core in args.cores:
+        for core in dict.fromkeys(args.cores):  # each core once, in the order given
             for task in ("forward", "backward"):
                 seconds = measure(core, task, length, args.rounds)
                 label = "fwd+bwd" if task == "backward" else task

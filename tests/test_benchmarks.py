@@ -67,3 +67,8 @@ def test_growth_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None:
 def test_growth_rejects_one_length() -> None:
     with pytest.raises(SystemExit):
         growth.main(["--lengths", "64"])
+
+
+def test_growth_rejects_repeated_length() -> None:
+    with pytest.raises(SystemExit):
+        growth.main(["--lengths", "64", "64"])
