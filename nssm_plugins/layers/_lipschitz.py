@@ -186,8 +186,10 @@ class _CenteredPairSort(torch.autograd.Function):
         grad_z = torch.stack([torch.where(first, grad_low, grad_high), torch.where(first, grad_high, grad_low)], dim=-1)
         difference = grad_low - grad_high
         leading = tuple(range(difference.ndim - 1))
-        grad_r1 = torch.where(first, difference, torch.zeros_like(difference)).sum(dim=leading)
-        grad_r2 = difference.sum(dim=leading) - grad_r1
+        # Each shift's gradient is summed on its own: subtracting two rounded sums loses digits in bf16.
+        zeros = torch.zeros_like(difference)
+        grad_r1 = torch.where(first, difference, zeros).sum(dim=leading)
+        grad_r2 = torch.where(first, zeros, difference).sum(dim=leading)
         return grad_z.flatten(-2), grad_r1, grad_r2
 
 
@@ -284,8 +286,10 @@ class _CenteredHalfSort(torch.autograd.Function):
             grad_z = torch.cat([*routed, grad_rest], dim=-1)
         difference = grad_low - grad_high
         leading = tuple(range(difference.ndim - 1))
-        grad_r1 = torch.where(first, difference, torch.zeros_like(difference)).sum(dim=leading)
-        grad_r2 = difference.sum(dim=leading) - grad_r1
+        # Each shift's gradient is summed on its own: subtracting two rounded sums loses digits in bf16.
+        zeros = torch.zeros_like(difference)
+        grad_r1 = torch.where(first, difference, zeros).sum(dim=leading)
+        grad_r2 = torch.where(first, zeros, difference).sum(dim=leading)
         return grad_z, grad_r1, grad_r2
 
 
