@@ -90,7 +90,7 @@ def test_tv_fused_front_matches_unfused(dtype: torch.dtype, d_selector: int, mon
 
 
 def test_tv_core_saves_three_state_sized_tensors() -> None:
-    # The front saves only its inputs; the scan keeps the decays and the states, the output node the gates.
+    # The front saves only its inputs. The scan keeps the decays and the states, and the output node the gates.
     torch.manual_seed(0)
     core = TV(3, 2, 16, gamma=1.5)
     u = torch.randn(4, 50, 3, requires_grad=True)

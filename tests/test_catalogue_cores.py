@@ -277,7 +277,7 @@ def test_tv_float32_triples_are_contractions() -> None:
     rate = torch.zeros(1)
     rate_factor = torch.nn.functional.softplus(rate)
     exponent = (-torch.log(a.double()) / rate_factor.double()).clamp(min=1e-30, max=1e30)
-    # softplus^-1(x) = log(expm1(x)), which is x itself above 30; a = 0 then gets a finite delta of 1e30.
+    # softplus^-1(x) = log(expm1(x)) is x itself above 30 in float32, so a = 0 gets a finite delta of 1e30.
     delta = torch.where(exponent > 30, exponent, torch.log(torch.expm1(exponent.clamp(max=30)))).float()
     raw_b = torch.atanh(b.double().clamp(-1 + 1e-7, 1 - 1e-7)).float()
     raw_c = torch.atanh(c.double().clamp(-1 + 1e-7, 1 - 1e-7)).float()

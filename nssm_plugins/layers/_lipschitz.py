@@ -237,7 +237,7 @@ def _writes_into_views() -> bool:
 class _CenteredHalfSort(torch.autograd.Function):
     """:class:`_CenteredPairSort` for the halves layout of :func:`centered_sort_halves`.
 
-    With $n$ pairs, $p$ is ``z[..., :n]`` and $q$ is ``z[..., n:2n]``; the
+    With $n$ pairs, $p$ is ``z[..., :n]`` and $q$ is ``z[..., n:2n]``. The
     outputs $\\min(p + r_1, q + r_2)$ and $\\max(p - r_2, q - r_1)$ are
     written to the same two halves, and an odd last channel is copied. Only
     the mask $p + r_1 \\le q + r_2$ is saved.
