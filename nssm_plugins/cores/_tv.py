@@ -188,6 +188,21 @@ def _normalisation_grads(
     return d_a, d_b, d_c, divisor
 
 
+def _selector_outputs(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the selector's last linear map applied to ``hidden`` as three contiguous parts, one per row block.
+
+    Three products on slices of the weight avoid splitting one wide output
+    and joining its gradient back.
+    """
+    n = weight.shape[0] // 3
+    delta, raw_b, raw_c = (
+        nn.functional.linear(hidden, weight[i * n : (i + 1) * n], bias[i * n : (i + 1) * n]) for i in range(3)
+    )
+    return delta, raw_b, raw_c
+
+
 class _TVFront(torch.autograd.Function):
     """The ``tv`` core from the selector's input to the scan's inputs, in one node: ``(a, b v, c)`` normalised.
 
@@ -220,11 +235,8 @@ class _TVFront(torch.autograd.Function):
         hidden: torch.Tensor, u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, w_in: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(delta, raw_b, raw_c, v)`` of one time block, each contiguous ``(batch, block, d)``."""
-        n = w_in.shape[0]
-        parts = tuple(
-            nn.functional.linear(hidden, weight[i * n : (i + 1) * n], bias[i * n : (i + 1) * n]) for i in range(3)
-        )
-        return parts[0], parts[1], parts[2], nn.functional.linear(u, w_in)
+        delta, raw_b, raw_c = _selector_outputs(hidden, weight, bias)
+        return delta, raw_b, raw_c, nn.functional.linear(u, w_in)
 
     @staticmethod
     def _triple(
@@ -502,19 +514,19 @@ class TV(CoreBase):
         """Return $W_{out}$ with $\\|W_{out}\\|_2 \\le 1$, ``(d_output, d_state)``."""
         return contraction(self.W_out)
 
-    def _select(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return the selector's three outputs, each ``(batch, time, d_state)`` and contiguous.
+    def _selector_input(self, u: torch.Tensor) -> tuple[torch.Tensor, nn.Linear]:
+        """Return the input of the selector's last linear map (``u`` for a one-map selector) and that map.
 
-        The last linear map runs as three products on slices of its weight,
-        which avoids splitting one wide output and joining its gradient back.
+        The hidden layers of a larger selector run in the parameters' dtype.
         """
-        last = self.selector if isinstance(self.selector, nn.Linear) else self.selector[-1]
-        hidden = u if isinstance(self.selector, nn.Linear) else self.selector[:-1](u)
-        n = self.d_state
-        return tuple(  # type: ignore[return-value]
-            nn.functional.linear(hidden, last.weight[i * n : (i + 1) * n], last.bias[i * n : (i + 1) * n])
-            for i in range(3)
-        )
+        if isinstance(self.selector, nn.Linear):
+            return u, self.selector
+        return self.selector[:-1](u.to(self.W_in.dtype)), self.selector[-1]
+
+    def _select(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the selector's three outputs, each ``(batch, time, d_state)`` and contiguous."""
+        hidden, last = self._selector_input(u)
+        return _selector_outputs(hidden, last.weight, last.bias)
 
     def triples(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return the normalised $(a, b, c)$, each ``(batch, time, d_state)``, for ``u`` of shape ``(batch, time, d_input)``.
@@ -535,8 +547,7 @@ class TV(CoreBase):
     def run(self, u: torch.Tensor, x0: torch.Tensor, backend: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute ``(y, states)``; see :meth:`nssm_core.CoreBase.forward`."""
         dtype = recurrence_dtype(u.dtype)
-        last = self.selector if isinstance(self.selector, nn.Linear) else self.selector[-1]
-        hidden = u if isinstance(self.selector, nn.Linear) else self.selector[:-1](u.to(self.W_in.dtype))
+        hidden, last = self._selector_input(u)
         w_in, w_out = parameter_transform(self, ("run", dtype), lambda: self._run_matrices(dtype))
         # The node forms the selector outputs and W_in u itself, block by block, and saves only its inputs.
         a, drives, c = _TVFront.apply(
