@@ -7,12 +7,12 @@ model and the floor it times an *idealised* model, which computes wrong
 values, and whose scan and pair sort cost less than any correct eager
 implementation of those two steps:
 
-- every diagonal scan is replaced by one elementwise product, ``x_{t+1} = a_t b_t``,
+- Every diagonal scan is replaced by one elementwise product, ``x_{t+1} = a_t b_t``,
   written next to the initial state. A correct scan has to read the drives
-  and write the states at least once, and in eager mode its sequential
-  dependency costs either one small operation per time step or several
-  passes over the sequence (the chunked scan makes about three);
-- every pair sort of the ``TLIP`` layer is replaced by one ``relu``, where the
+  and write the states at least once. In eager mode its sequential
+  dependency also costs either one small operation per time step or several
+  passes over the sequence (the chunked scan makes about three).
+- Every pair sort of the ``TLIP`` layer is replaced by one ``relu``, where the
   correct sort needs a comparison and two shifted minimum and maximum
   operations.
 

@@ -191,7 +191,7 @@ def test_padded_records_in_time_blocks(recompute: bool) -> None:
 
 
 @pytest.mark.parametrize("param", ["tv", "l2n"])
-def test_recompute_keeps_autocast_dtype(param: str) -> None:
+def test_recompute_keeps_autocast(param: str) -> None:
     # The recomputation in the backward pass must run under the forward pass's autocast, or the
     # gradients belong to a float32 model while the outputs came from a bf16 one.
     torch.manual_seed(0)
@@ -215,8 +215,8 @@ def test_recompute_keeps_autocast_dtype(param: str) -> None:
     model.recompute_time_blocks = False
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_kept, _ = model(u)
-    kept = torch.autograd.grad(y_kept.float().square().sum(), list(model.parameters()), allow_unused=True)
+    kept_grads = torch.autograd.grad(y_kept.float().square().sum(), list(model.parameters()), allow_unused=True)
     assert torch.equal(y_kept, y)
-    for want, got in zip(kept, grads):
+    for want, got in zip(kept_grads, grads):
         if want is not None:
             torch.testing.assert_close(got, want, rtol=2e-2, atol=float(want.abs().max()) * 2**-7)
